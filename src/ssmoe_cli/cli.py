@@ -1,0 +1,63 @@
+"""The `ssmoe` command: a thin dispatcher that imports a subcommand's module only when it runs.
+
+Hydra owns argv for `ssmoe train`, so the subcommand word is removed before Hydra parses the rest.
+Keep this module free of heavy imports: `ssmoe --help` must start in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+from ssmoe_cli import __version__
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("ssmoe_cli.train", "train one model, or sweep with -m (Hydra overrides; see `ssmoe train --help`)"),
+}
+
+USAGE = """usage: ssmoe [--help] [--version] <command> [args...]
+
+Experiments with spatially sparse mixture-of-experts networks.
+
+commands:
+{commands}
+
+examples:
+  ssmoe train                                   train the default model on Fashion-MNIST
+  ssmoe train model=fcl data=digits trainer.max_epochs=3 seed=1
+  ssmoe train -m model=fcl seed=0,1,2           Hydra multirun, one MLflow experiment
+  ssmoe train --cfg job                         print the composed config and exit
+  mlflow ui                                     browse every run (same directory)
+"""
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name.ljust(width)}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ssmoe` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"ssmoe {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"ssmoe: unknown command '{name}'; choose one of: {', '.join(COMMANDS)} (see ssmoe --help)",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name].module)
+    return int(module.main(rest) or 0)

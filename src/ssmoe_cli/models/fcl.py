@@ -1,0 +1,25 @@
+"""Dense fully connected network (FCL): the paper's reference, and LeNet-300-100 as the baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ssmoe_cli.models.base import ModelOutput
+from ssmoe_cli.models.layers import mlp
+
+
+class FCL(nn.Module):
+    """in_features -> hidden... -> num_classes, ReLU between layers, logits out (no softmax)."""
+
+    def __init__(
+        self, in_features: int, num_classes: int, hidden: Sequence[int] = (300, 100), dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.sizes = [in_features, *hidden, num_classes]
+        self.net = mlp(self.sizes, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        return ModelOutput(self.net(x), {})

@@ -1,0 +1,55 @@
+"""The one LightningModule: trains, validates and tests any classifier of ssmoe.
+
+A model returns ModelOutput(logits, aux); the training loss is cross-entropy plus the sum of the
+auxiliary losses (gates put their balancing or t-SNE losses there, already weighted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class ClassifierModule(pl.LightningModule):
+    def __init__(self, model: nn.Module, num_classes: int, optimizer: OptimizerFactory | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self.model(x)
+        ce = F.cross_entropy(out.logits, y)
+        loss = ce + sum(out.aux.values()) if out.aux else ce
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        for name, value in out.aux.items():
+            self.log(f"train/aux/{name}", value, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy) -> None:
+        x, y = batch
+        logits = self.model(x).logits
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        acc.update(logits, y)
+        self.log(f"{stage}/acc", acc, on_epoch=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_acc)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.model.parameters())
