@@ -20,7 +20,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("ssmoe_cli.train", "train one model, or sweep with -m (Hydra overrides; see `ssmoe train --help`)"),
+    "train": Command(
+        "ssmoe_cli.train", "train one model, or sweep with -m (Hydra overrides; see `ssmoe train --help`)"
+    ),
 }
 
 USAGE = """usage: ssmoe [--help] [--version] <command> [args...]
@@ -56,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"ssmoe: unknown command '{name}'; choose one of: {', '.join(COMMANDS)} (see ssmoe --help)",
-              file=sys.stderr)
+        print(
+            f"ssmoe: unknown command '{name}'; choose one of: {', '.join(COMMANDS)} (see ssmoe --help)", file=sys.stderr
+        )
         return 2
     module = importlib.import_module(COMMANDS[name].module)
     return int(module.main(rest) or 0)

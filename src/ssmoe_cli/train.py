@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,21 @@ log = logging.getLogger(__name__)
 CONFIG_PATH = "pkg://ssmoe_cli.conf"
 
 
+def quiet_third_party() -> None:
+    """Drop third-party chatter that says nothing about the run (ads, deprecations inside libraries)."""
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+
+    class _NoAds(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAds())
+
+
 def main(args: list[str]) -> int:
     """Run the Hydra app on the given overrides (the `ssmoe train` subcommand)."""
+    quiet_third_party()
     # Hydra parses sys.argv itself: hand it the overrides without the subcommand word.
     sys.argv = [sys.argv[0], *args]
     hydra_app()
@@ -78,8 +92,9 @@ def git_commit() -> str | None:
     """Commit of the ssmoe source checkout, when the package runs from one."""
     src = Path(ssmoe_cli.__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -179,6 +194,7 @@ def print_summary(metrics: dict[str, float], tracker: Any, cfg: DictConfig, base
     console.print(table)
     console.print(f"Results: {tracker.describe()}")
     if tracker.run_id:
-        console.print("Browse: run `mlflow ui` in this directory (or `mlflow ui --backend-store-uri "
-                      f"{tracker.tracking_uri}`)")
+        console.print(
+            f"Browse: run `mlflow ui` in this directory (or `mlflow ui --backend-store-uri {tracker.tracking_uri}`)"
+        )
     console.print(f"Outputs (config, log, checkpoint): {Path(cfg.paths.output_dir).resolve()}")

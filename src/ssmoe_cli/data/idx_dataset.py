@@ -7,6 +7,7 @@ a Debian package installs, else a download from the official mirror with an MD5 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +17,8 @@ from pathlib import Path
 from ssmoe_cli.data.base import Arrays, TensorDataModule
 from ssmoe_cli.data.idx import read_idx
 from ssmoe_cli.errors import SsmoeError
+
+log = logging.getLogger(__name__)
 
 SPLITS = {
     "x_train": "train-images-idx3-ubyte",
@@ -46,10 +49,15 @@ class IdxDataModule(TensorDataModule):
     system_dir: Path | None = None
     debian_package = ""
 
-    def __init__(self, root: str | None = None, download: bool = True, **kwargs) -> None:
+    def __init__(
+        self, root: str | None = None, download: bool = True, system_dir: str | None = "default", **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.root = root
         self.download = download
+        # "default" keeps the class's system directory; None searches none (tests, strict setups).
+        if system_dir != "default":
+            self.system_dir = Path(system_dir) if system_dir else None
 
     # -- locating the files ----------------------------------------------------------------------
     def candidates(self) -> list[Path]:
@@ -71,11 +79,13 @@ class IdxDataModule(TensorDataModule):
         for directory in self.candidates():
             found = {key: self._find(directory, stem) for key, stem in SPLITS.items()}
             if all(found.values()):
+                log.info("%s: reading IDX files from %s", self.name, directory)
                 return found  # type: ignore[return-value]
         reason = "download disabled (data.download=false)"
         if self.download:
             target = Path(self.root).expanduser() if self.root else user_cache_dir() / self.name
             try:
+                log.info("%s: downloading from %s into %s", self.name, self.mirror, target)
                 return self._download(target)
             except (OSError, ValueError) as exc:
                 reason = f"download from {self.mirror} failed: {exc}"
@@ -94,9 +104,11 @@ class IdxDataModule(TensorDataModule):
             name = f"{stem}.gz"
             dest = target / name
             if not dest.is_file():
-                with tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp:
-                    with urllib.request.urlopen(self.mirror + name, timeout=30) as resp:
-                        shutil.copyfileobj(resp, tmp)
+                with (
+                    tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp,
+                    urllib.request.urlopen(self.mirror + name, timeout=30) as resp,
+                ):
+                    shutil.copyfileobj(resp, tmp)
                 tmp_path = Path(tmp.name)
                 if _md5(tmp_path) != self.md5[name]:
                     tmp_path.unlink()

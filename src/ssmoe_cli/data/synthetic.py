@@ -11,8 +11,13 @@ class Synthetic(TensorDataModule):
     name = "synthetic"
 
     def __init__(
-        self, n_train: int = 2000, n_test: int = 500, spread: float = 1.0, separation: float = 6.0,
-        seed: int = 0, **kwargs,
+        self,
+        n_train: int = 2000,
+        n_test: int = 500,
+        spread: float = 1.0,
+        separation: float = 6.0,
+        seed: int = 0,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.n_train, self.n_test = n_train, n_test

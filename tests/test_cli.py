@@ -1,0 +1,51 @@
+"""The `ssmoe` command itself: help, version, dispatch, Hydra's options, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ssmoe_cli
+
+
+def test_help_lists_commands_without_heavy_imports():
+    code = (
+        "import sys, ssmoe_cli.cli as c; rc = c.main(['--help']);"
+        "heavy = [m for m in ('torch', 'mlflow', 'hydra', 'pytorch_lightning', 'rich') if m in sys.modules];"
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "train" in out and "usage: ssmoe" in out
+    assert "HEAVY []" in out
+
+
+def test_version_and_unknown_command(run_cli):
+    assert run_cli("--version").stdout.strip() == f"ssmoe {ssmoe_cli.__version__}"
+    proc = run_cli("frobnicate", check=False)
+    assert proc.returncode == 2
+    assert "unknown command 'frobnicate'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_help_lists_config_groups(run_cli):
+    out = run_cli("train", "--help").stdout
+    for group in (
+        "data: digits, fashion_mnist, mnist, synthetic",
+        "model:",
+        "baseline: lenet_300_100",
+        "trainer:",
+        "logger: mlflow, mlflow_server, none",
+    ):
+        assert group in out
+
+
+def test_cfg_job_composes_overrides(run_cli):
+    out = run_cli("train", "--cfg", "job", "model=fcl", "data=digits", "model.hidden=[32]", "seed=7").stdout
+    assert "ssmoe_cli.data.digits.Digits" in out
+    assert "seed: 7" in out
+    assert "- 32" in out
+
+
+def test_unknown_option_fails_with_hydra_message(run_cli):
+    proc = run_cli("train", "model=does_not_exist", check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'model/does_not_exist'" in proc.stderr
