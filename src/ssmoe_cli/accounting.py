@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssmoe_cli.models.layers import masked_linears
+from ssmoe_cli.models.layers import MaskedLinear, masked_layers
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def total_params(module: nn.Module) -> int:
 
 def nonzero_params(module: nn.Module) -> int:
     """Nonzero parameters; masked weights count as zero whatever their stored value."""
-    masked = {id(m.weight): m for m in masked_linears(module)}
+    masked = {id(m.weight): m for m in masked_layers(module)}
     count = 0
     for p in module.parameters():
         owner = masked.get(id(p))
@@ -51,8 +51,8 @@ def nonzero_params(module: nn.Module) -> int:
 
 
 def nonzero_macs(module: nn.Module) -> int:
-    """Multiply-adds of one dense pass through every MaskedLinear of the module (nonzero weights)."""
-    return sum(m.nonzero_weights() for m in masked_linears(module))
+    """Multiply-adds of one pass of one sample through every MaskedLinear of the module (nonzero weights)."""
+    return sum(m.nonzero_weights() for m in masked_layers(module) if isinstance(m, MaskedLinear))
 
 
 def dense_accounting(module: nn.Module) -> Accounting:
@@ -75,9 +75,12 @@ def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 5)
     for _ in range(warmup):
         model(x)
     times = []
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         model(x)
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     model.train(was_training)
     return statistics.median(times)

@@ -1,24 +1,34 @@
-"""MaskedLinear: the one linear layer every model uses, so that pruning and accounting see all weights.
+"""The one masked-weight mechanism every layer of every model uses, so that pruning and accounting
+see all weights: MaskedLinear (a plain linear layer) and ExpertLinear (one weight matrix per expert,
+stacked, for the batched expert computations of a mixture of experts).
 
-The connectivity mask is a boolean buffer (saved with the state dict, 1 byte per weight). The forward
-pass uses ``weight * mask``, so a masked weight gets no gradient; pruning code zeroes the weight when
-it masks it and re-applies the mask after optimizer steps (see ssmoe_cli.prune).
+Each holds a boolean ``mask`` buffer of the weight's shape (saved with the state dict, 1 byte per
+weight). The forward pass uses ``weight * mask``, so a masked weight gets no gradient; pruning code
+zeroes a weight when it masks it and re-applies the mask after optimizer steps (ssmoe_cli.prune).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class MaskedLinear(nn.Linear):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias=bias)
-        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+class Masked(nn.Module):
+    """Base of the masked layers: a ``weight`` parameter, a same-shape boolean ``mask``, a ``bias``."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+    weight: nn.Parameter
+    mask: torch.Tensor
+    bias: nn.Parameter | None
+    # What the layer is in its model, for selecting pruning targets: "hidden" (FCL and expert
+    # hidden layers), "output" (the last layer that produces logits), "route" (inter-expert
+    # routes), "gate" (the gating network). Models set it where the default is wrong.
+    role: str = "hidden"
+
+    def _init_mask(self) -> None:
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
@@ -26,24 +36,68 @@ class MaskedLinear(nn.Linear):
         self.mask.copy_(mask.to(dtype=torch.bool))
         self.weight.mul_(self.mask)
 
-    @torch.no_grad()
-    def effective_weight(self) -> torch.Tensor:
+    def masked_weight(self) -> torch.Tensor:
+        """The weight the forward pass uses (differentiable)."""
         return self.weight * self.mask
 
     def nonzero_weights(self) -> int:
-        return int(torch.count_nonzero(self.effective_weight()))
+        with torch.no_grad():
+            return int(torch.count_nonzero(self.masked_weight()))
 
     def nonzero_params(self) -> int:
         bias = int(torch.count_nonzero(self.bias)) if self.bias is not None else 0
         return self.nonzero_weights() + bias
 
 
-def masked_linears(module: nn.Module) -> list[MaskedLinear]:
-    return [m for m in module.modules() if isinstance(m, MaskedLinear)]
+class MaskedLinear(Masked, nn.Linear):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias)
+        self._init_mask()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked_weight(), self.bias)
+
+
+class ExpertLinear(Masked):
+    """E independent linear maps stacked: weight (E, out, in), bias (E, out).
+
+    ``forward(x)`` takes x of shape (E, N, in) (row block e goes through expert e) and returns
+    (E, N, out) with one batched matmul. Initialised like nn.Linear, expert by expert.
+    """
+
+    def __init__(self, num_experts: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.num_experts, self.in_features, self.out_features = num_experts, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(num_experts, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_features)) if bias else None
+        bound = 1 / math.sqrt(in_features) if in_features > 0 else 0.0
+        nn.init.uniform_(self.weight, -bound, bound)  # = nn.Linear's kaiming_uniform(a=sqrt(5)) bound
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        self._init_mask()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.bmm(x, self.masked_weight().transpose(1, 2))
+        return out + self.bias.unsqueeze(1) if self.bias is not None else out
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+def masked_layers(module: nn.Module) -> list[Masked]:
+    return [m for m in module.modules() if isinstance(m, Masked)]
+
+
+def set_role(module: nn.Module, role: str) -> nn.Module:
+    """Give every masked layer inside `module` the same role (e.g. a whole gate network)."""
+    for layer in masked_layers(module):
+        layer.role = role
+    return module
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, dropout: float = 0.0) -> nn.Sequential:
-    """MaskedLinear layers of the given sizes with activations between them (none after the last)."""
+    """MaskedLinear layers of the given sizes with activations between them (none after the last).
+    The last layer's role is "output", the others "hidden"."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(MaskedLinear(n_in, n_out))
@@ -51,4 +105,5 @@ def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, dropout: float 
             layers.append(activation())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
+    layers[-1].role = "output"
     return nn.Sequential(*layers)
