@@ -1,0 +1,38 @@
+"""Dense softmax gate of the adaptive mixture of local experts (Jacobs, Jordan, Nowlan, Hinton 1991).
+
+Every expert gets a weight softmax(x W + b); nothing is sparse, so k is always num_experts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ssmoe_cli.models.gating.base import GateOutput
+from ssmoe_cli.models.layers import MaskedLinear, set_role
+
+
+class SoftmaxGate(nn.Module):
+    """weights = softmax(x W + b) over ALL experts; indices = all experts by weight, descending."""
+
+    positions = None  # no 2-D map
+
+    def __init__(self, in_features: int, num_experts: int, k: int | None = None) -> None:
+        super().__init__()
+        # A dense mixture: whatever k the model asks for, every expert is kept.
+        self.num_experts = self.k = num_experts
+        self.linear = set_role(MaskedLinear(in_features, num_experts), "gate")
+
+    def prepare(self, x_train: Tensor, generator: torch.Generator) -> None:
+        """Nothing to precompute."""
+
+    def forward(self, x: Tensor) -> GateOutput:
+        weights = torch.softmax(self.linear(x), dim=1)
+        values, indices = torch.sort(weights, dim=1, descending=True)
+        return GateOutput(weights, indices, values, {}, None)
+
+    def active_params(self) -> int:
+        return self.linear.nonzero_params()
+
+    def active_macs(self) -> int:
+        return self.linear.nonzero_weights()
