@@ -1,0 +1,122 @@
+"""Which MoE dispatch path wins where, and does inference stay flat as experts are added at fixed k?
+
+    python benchmarks/moe_dispatch.py                 # inference, batch 256 and 1
+    python benchmarks/moe_dispatch.py --train         # also a training step (forward + backward)
+
+Experts 784 -> 64 -> 10 (the default of model=sgmoe / ptsne_moe). Routing is drawn uniformly at
+random per sample (a balanced gate), so the timing is the experts' and the dispatch's, not a gate's;
+the last table repeats it with a real noisy top-k gate (whose own cost grows with E: 784 x E).
+Prints milliseconds (median of repeats) and the ratio 64 experts / 8 experts at fixed k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from ssmoe_cli.models.gating.base import GateOutput
+from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
+from ssmoe_cli.models.moe import MixtureOfExperts
+
+
+class UniformGate(nn.Module):
+    """Routes each sample to k distinct experts drawn at random, equal weights (benchmark only)."""
+
+    positions = None
+
+    def __init__(self, num_experts: int, k: int) -> None:
+        super().__init__()
+        self.num_experts, self.k = num_experts, k
+
+    def forward(self, x: torch.Tensor) -> GateOutput:
+        idx = torch.rand(len(x), self.num_experts).argsort(1)[:, : self.k]
+        val = torch.full((len(x), self.k), 1.0 / self.k)
+        weights = torch.zeros(len(x), self.num_experts).scatter(1, idx, val)
+        return GateOutput(weights, idx, val, {}, None)
+
+    def active_params(self) -> int:
+        return 0
+
+    def active_macs(self) -> int:
+        return 0
+
+
+def timed(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def model(num_experts: int, k: int, dispatch: str, gate: str) -> MixtureOfExperts:
+    torch.manual_seed(0)
+    g = UniformGate(num_experts, k) if gate == "uniform" else NoisyTopKGate(784, num_experts, k)
+    if gate == "noisy_topk":
+        with torch.no_grad():
+            g.w_gate.weight.normal_(std=0.05)
+    return MixtureOfExperts(784, 10, g, num_experts=num_experts, k=k, expert_hidden=[64], dispatch=dispatch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experts", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--train", action="store_true", help="also time a training step")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    x256, x1 = torch.randn(256, 784), torch.randn(1, 784)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per call, median of {args.repeats}")
+
+    def run(gate: str, batch: torch.Tensor, train: bool) -> dict[tuple[int, int, str], float]:
+        res = {}
+        for k in args.ks:
+            for e in args.experts:
+                if k > e:
+                    continue
+                for dispatch in ("dense", "capacity"):
+                    m = model(e, k, dispatch, gate)
+                    if train:
+                        m.train()
+                        res[k, e, dispatch] = timed(lambda m=m: m(batch).logits.sum().backward(), args.repeats)
+                    else:
+                        m.eval()
+                        with torch.inference_mode():
+                            res[k, e, dispatch] = timed(lambda m=m: m(batch), args.repeats)
+        return res
+
+    def table(title: str, res: dict[tuple[int, int, str], float]) -> None:
+        print(f"\n{title}")
+        print(f"{'k':>3} {'experts':>8} {'dense':>9} {'capacity':>9}  winner   auto picks")
+        for (k, e, dispatch), ms in sorted(res.items()):
+            if dispatch != "dense":
+                continue
+            cap = res[k, e, "capacity"]
+            auto = model(e, k, "auto", "uniform").resolved_dispatch(k)
+            print(f"{k:>3} {e:>8} {ms:9.3f} {cap:9.3f}  {'dense' if ms < cap else 'capacity':8} {auto}")
+        for k in args.ks:
+            if (k, 8, "capacity") in res and (k, 64, "capacity") in res:
+                best8 = min(res[k, 8, "dense"], res[k, 8, "capacity"])
+                print(
+                    f"k={k}: capacity 64 / 8 experts = {res[k, 64, 'capacity'] / res[k, 8, 'capacity']:.2f}x;"
+                    f" best path 64 / 8 = {min(res[k, 64, 'dense'], res[k, 64, 'capacity']) / best8:.2f}x;"
+                    f" dense 64 / 8 = {res[k, 64, 'dense'] / res[k, 8, 'dense']:.2f}x"
+                )
+
+    table("inference, batch 256, uniform routing", run("uniform", x256, False))
+    table("inference, batch 1, uniform routing", run("uniform", x1, False))
+    table("inference, batch 256, noisy top-k gate (its 784 x E matmul included)", run("noisy_topk", x256, False))
+    if args.train:
+        table("training step (forward + backward), batch 128, uniform routing", run("uniform", x256[:128], True))
+
+
+if __name__ == "__main__":
+    main()

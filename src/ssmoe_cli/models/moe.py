@@ -1,0 +1,219 @@
+"""Mixture of experts: a gate picks k experts per sample; experts may share sparse routes.
+
+    y(x) = sum_{e in topk(x)} g_e(x) * E_e(x)
+
+Each expert is an MLP in -> hidden... -> classes (no softmax inside). With a topology other than
+`isolated`, expert b's second layer also reads a few first-layer units of the experts it links to
+(its route units), so a sample routed to b computes b plus those few units, not the whole source
+experts: the paper's "conditionally active subnetwork" (docs/architecture.md).
+
+Expert weights are stacked (ExpertLinear: one (E, out, in) tensor per layer) so both dispatch paths
+run each layer as one batched matmul:
+- `dense`: every expert on every sample, weighted by the gate (zeros outside the top k): wasted
+  FLOPs, but no indexing; wins when E/k is small.
+- `capacity`: only routed samples go to each expert: each (sample, expert) pair gets a slot in a
+  per-expert buffer of `capacity` rows (gather), the experts run on the buffers (bmm), outputs are
+  scaled by the gate and summed back per sample. No Python loop over experts and no data-dependent
+  shapes beyond the capacity, so compute follows k, not E. capacity_factor=null sizes the buffer to
+  the busiest expert of the batch (exact; one host read of a count, free on CPU); a number fixes it
+  to ceil(factor * B * k / E) (no host sync on GPU; pairs over capacity are dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmoe_cli.accounting import Accounting, nonzero_params, total_params
+from ssmoe_cli.models.base import ModelOutput
+from ssmoe_cli.models.layers import ExpertLinear, set_role
+from ssmoe_cli.models.topology import Topology
+from ssmoe_cli.models.topology.isolated import Isolated
+
+DISPATCH_MODES = ("auto", "dense", "capacity")
+
+
+class MixtureOfExperts(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        gate: nn.Module,
+        topology: Topology | None = None,
+        num_experts: int = 16,
+        k: int = 2,
+        expert_hidden: Sequence[int] = (64,),
+        dispatch: str = "auto",
+        dense_max_ratio: float = 2.0,
+        capacity_factor: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(f"model.dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
+        self.num_experts, self.k = num_experts, k
+        self.gate = set_role(gate, "gate")
+        self.topology = topology or Isolated()
+        self.dispatch, self.dense_max_ratio, self.capacity_factor = dispatch, dense_max_ratio, capacity_factor
+        sizes = [in_features, *expert_hidden, num_classes]
+        self.layers = nn.ModuleList(ExpertLinear(num_experts, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.layers[-1].role = "output"
+        self.route: ExpertLinear | None = None
+        self.register_buffer("route_units", torch.zeros(num_experts, 0, dtype=torch.long))
+        self.register_buffer("route_sources", torch.zeros(num_experts, 0, dtype=torch.long))
+        self._generator = torch.Generator().manual_seed(seed)
+        if self.topology.fan_out > 0:
+            if len(expert_hidden) == 0:
+                raise ValueError(
+                    "routes need a hidden layer in the experts: set model.expert_hidden, or topology=isolated"
+                )
+            self._build_routes(self._generator)
+
+    # -- routes ---------------------------------------------------------------------------------
+    def _build_routes(self, generator: torch.Generator) -> None:
+        """(Re)draw the links on the gate's current map; parameter shapes never change on a redraw."""
+        hidden = self.layers[0].out_features
+        routes = self.topology.routes(self.num_experts, hidden, self.gate_positions(), generator)
+        if self.route is None:
+            self.route = ExpertLinear(self.num_experts, routes.width, self.layers[1].out_features, bias=False)
+            self.route.role = "route"
+            self.route_units = routes.units
+            self.route_sources = routes.sources
+        elif routes.width != self.route.in_features:
+            raise ValueError("a topology redraw changed the number of route units; it must keep in-degrees fixed")
+        else:
+            self.route_units.copy_(routes.units)
+            self.route_sources.copy_(routes.sources)
+        # Padding (experts with fewer in-links) is masked: it is no parameter and reads nothing.
+        self.route.set_mask(routes.valid.unsqueeze(1).expand(-1, self.route.out_features, -1))
+
+    def gate_positions(self) -> torch.Tensor | None:
+        return getattr(self.gate, "positions", None)
+
+    def prepare(self, x_train: torch.Tensor, generator: torch.Generator) -> None:
+        """Before classification training: let the gate fit its map, then lay the links on it."""
+        prepare = getattr(self.gate, "prepare", None)
+        if callable(prepare):
+            prepare(x_train, generator)
+        if self.route is not None and self.topology.uses_positions and self.gate_positions() is not None:
+            self._build_routes(generator)
+
+    # -- experts ----------------------------------------------------------------------------------
+    def route_activations(self, xe: torch.Tensor) -> torch.Tensor:
+        """(E, N, in) -> (E, N, R): for each expert, the source units it reads, computed on its inputs."""
+        first = self.layers[0]
+        w = first.masked_weight().reshape(-1, first.in_features)[self.route_units]  # (E, R, in)
+        b = first.bias.reshape(-1)[self.route_units]  # (E, R)
+        return F.relu(torch.baddbmm(b.unsqueeze(1), xe, w.transpose(1, 2)))
+
+    def experts(self, xe: torch.Tensor) -> torch.Tensor:
+        """Run expert e on row block e: (E, N, in) -> (E, N, classes)."""
+        h = xe
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            z = layer(h)
+            if i == 1 and self.route is not None:
+                z = z + self.route(self.route_activations(xe))
+            h = F.relu(z) if i < last else z
+        return h
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    def resolved_dispatch(self, k: int) -> str:
+        if self.dispatch != "auto":
+            return self.dispatch
+        return "dense" if self.num_experts <= self.dense_max_ratio * k else "capacity"
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        g = self.gate(x)
+        if self.resolved_dispatch(g.indices.shape[1]) == "dense":
+            y = self.combine_dense(x, g.weights)
+        else:
+            y = self.combine_capacity(x, g.indices, g.values)
+        return ModelOutput(y, dict(g.aux))
+
+    def combine_dense(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = self.experts(x.unsqueeze(0).expand(self.num_experts, -1, -1))  # (E, B, C)
+        return torch.einsum("be,ebc->bc", weights, out)
+
+    def capacity(self, batch: int, k: int, counts: torch.Tensor) -> int:
+        if self.capacity_factor is None:
+            return max(int(counts.max()), 1)  # exact: the busiest expert's load
+        return max(1, min(batch, math.ceil(self.capacity_factor * batch * k / self.num_experts)))
+
+    def combine_capacity(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        batch, k = indices.shape
+        n_exp = self.num_experts
+        expert = indices.reshape(-1)  # pairs in sample-major order: (b0,e0) (b0,e1) ... (b1,e0) ...
+        token = torch.arange(batch, device=x.device).repeat_interleave(k)
+        onehot = F.one_hot(expert, n_exp)
+        rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # position of the pair among its expert's pairs
+        cap = self.capacity(batch, k, onehot.sum(0))
+        keep = rank < cap
+        slot = torch.where(keep, expert * cap + rank, n_exp * cap)  # over capacity -> a zero row
+        # Which sample fills each buffer row (index `batch` = an appended zero input). Kept slots are
+        # unique, dropped pairs get distinct scratch rows past the buffer: a deterministic scatter.
+        scratch = n_exp * cap + torch.arange(batch * k, device=x.device)
+        fill = torch.full((n_exp * cap + batch * k,), batch, dtype=torch.long, device=x.device)
+        fill.scatter_(0, torch.where(keep, slot, scratch), token)
+        x_pad = torch.cat([x, x.new_zeros(1, x.shape[1])])
+        xe = x_pad[fill[: n_exp * cap]].view(n_exp, cap, -1)
+        out = self.experts(xe).reshape(n_exp * cap, -1)
+        out = torch.cat([out, out.new_zeros(1, out.shape[1])])[slot]  # (B*k, C), dropped pairs -> 0
+        return (out * values.reshape(-1, 1)).view(batch, k, -1).sum(1)
+
+    # -- accounting -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def active_experts(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """(N, E) bool: the experts each sample's eval-mode forward pass uses (nonzero gate value)."""
+        was_training = self.training
+        self.eval()
+        rows = []
+        for xb in x.split(chunk):
+            g = self.gate(xb)
+            rows.append(g.weights > 0)
+        self.train(was_training)
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def accounting(self, x: torch.Tensor | None = None) -> Accounting:
+        """Exact per-sample active parameters and multiply-adds, averaged over x (eval mode).
+
+        A sample uses: the gate network; all units of its active experts; the route units those
+        experts read (each unit counted once even if several active experts read it); the
+        later layers and route weights of its active experts. Masked and zero weights do not count.
+        """
+        first = self.layers[0]
+        n_exp, hidden = self.num_experts, first.out_features
+        unit_w = (first.masked_weight() != 0).sum(-1).reshape(-1).float()  # (E*H,) nonzero weights per unit
+        unit_b = (first.bias != 0).reshape(-1).float()
+        rest_w = torch.zeros(n_exp)
+        rest_b = torch.zeros(n_exp)
+        for layer in [*self.layers[1:], *([self.route] if self.route is not None else [])]:
+            rest_w += (layer.masked_weight() != 0).flatten(1).sum(1).float().cpu()
+            if layer.bias is not None:
+                rest_b += (layer.bias != 0).sum(1).float().cpu()
+        reads = torch.zeros(n_exp, n_exp * hidden)  # reads[e, u]: expert e reads unit u through a route
+        if self.route is not None and self.route_units.numel():
+            valid = self.route.mask[:, 0, :].float().cpu()
+            reads.scatter_(1, self.route_units.cpu(), valid)
+        gate_params, gate_macs = self.gate.active_params(), self.gate.active_macs()
+        if x is None:  # no data: every sample assumed to use k experts (first k as a stand-in)
+            active = torch.zeros(1, n_exp, dtype=torch.bool)
+            active[0, : self.k] = True
+        else:
+            active = self.active_experts(x).cpu()
+        params, macs = [], []
+        for a in active.float().split(4096):
+            units = (a.repeat_interleave(hidden, dim=1) + a @ reads).clamp(max=1)
+            macs.append(units @ unit_w.cpu() + a @ rest_w)
+            params.append(units @ (unit_w + unit_b).cpu() + a @ (rest_w + rest_b))
+        return Accounting(
+            params_total=total_params(self),
+            params_nonzero=nonzero_params(self),
+            active_per_sample=float(torch.cat(params).mean()) + gate_params,
+            flops_per_sample=float(torch.cat(macs).mean()) + gate_macs,
+        )
