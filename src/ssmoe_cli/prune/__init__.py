@@ -1,0 +1,52 @@
+"""Pruning methods, applied as Lightning callbacks (config group `prune`, one module each):
+
+- none: no pruning (prune/sparsity is the model's natural sparsity);
+- stochasticnet: one random sparse connectivity fixed before training (Shafiee et al. 2015);
+- magnitude: train -> prune smallest |w| -> retrain, in rounds (Han et al. 2015), or the gradual
+  cubic schedule (Zhu & Gupta 2017);
+- obd: Optimal Brain Damage, saliency h_kk w^2 / 2 (LeCun et al. 1990), Fisher or Hutchinson.
+
+All act through the masks of the models' Masked layers (ssmoe_cli.models.layers), selected by
+role (hidden, output, route, gate), so accounting and checkpoints see the pruned network.
+"""
+
+from ssmoe_cli.prune.base import (
+    DEFAULT_TARGETS,
+    ROLES,
+    PruningCallback,
+    Schedule,
+    apply_masks,
+    layer_table,
+    prune_to,
+    register_mask_hook,
+    sparsity,
+    target_layers,
+)
+from ssmoe_cli.prune.magnitude import MagnitudePruning, magnitude_prune, std_prune
+from ssmoe_cli.prune.none import NoPruning
+from ssmoe_cli.prune.obd import OBDPruning, fisher_diagonal, hutchinson_diagonal, obd_prune, obd_saliency
+from ssmoe_cli.prune.stochasticnet import StochasticNet, random_masks
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "ROLES",
+    "MagnitudePruning",
+    "NoPruning",
+    "OBDPruning",
+    "PruningCallback",
+    "Schedule",
+    "StochasticNet",
+    "apply_masks",
+    "fisher_diagonal",
+    "hutchinson_diagonal",
+    "layer_table",
+    "magnitude_prune",
+    "obd_prune",
+    "obd_saliency",
+    "prune_to",
+    "random_masks",
+    "register_mask_hook",
+    "sparsity",
+    "std_prune",
+    "target_layers",
+]

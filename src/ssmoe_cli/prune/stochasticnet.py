@@ -1,0 +1,122 @@
+"""StochasticNet (Shafiee et al. 2015): the network is one realisation of a random graph, drawn
+once before training and never changed; training then only fits the weights of the connections
+that exist.
+
+Each targeted layer keeps exactly round(density * n) of its n weights (already-masked weights, e.g.
+route padding, are never revived and count as absent), drawn without replacement with random keys
+instead of independent Bernoulli draws, so the density is exact and reproducible from the seed.
+
+mode=distance: in a mixture of experts the route weights (expert e's second layer reading a unit
+of source expert s) are drawn with weight w = exp(-d(e, s) / (distance_scale * mean distance)),
+d the distance between the two experts' places in the gate's 2-D map (experts on a ring when the
+gate has no map). Gumbel top-k keys (log w + Gumbel noise; Efraimidis & Spirakis 2006) draw the
+exact count with inclusion probabilities that fall with the distance, so the expected density is
+still `density` and close expert pairs keep more connections. Other layers are drawn uniformly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.models.topology.base import ring_positions
+from ssmoe_cli.prune.base import DEFAULT_TARGETS, PruningCallback, apply_masks, model_of, target_layers
+
+MODES = ("uniform", "distance")
+
+
+def expert_positions(model: nn.Module) -> torch.Tensor:
+    """(E, 2) places of the experts: the gate's map, or the ring the topologies use when it has none."""
+    positions = model.gate_positions()
+    return ring_positions(model.num_experts) if positions is None else positions.detach().float().cpu()
+
+
+def route_log_weights(model: nn.Module, distance_scale: float) -> torch.Tensor:
+    """(E, 1, R) log keep-weights of the route weights (E, out, R): -d(e, source) / length."""
+    pos = expert_positions(model)
+    hidden = model.layers[0].out_features
+    source = (model.route_units // hidden).cpu()  # (E, R): the expert each route column reads
+    dist = (pos.unsqueeze(1) - pos[source]).norm(dim=-1)  # (E, R)
+    pairs = torch.pdist(pos)
+    length = distance_scale * (float(pairs.mean()) if pairs.numel() else 1.0)
+    return (-dist / max(length, 1e-12)).unsqueeze(1)
+
+
+def draw_keep(
+    available: torch.Tensor, n_keep: int, generator: torch.Generator, log_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Keep-mask with min(n_keep, available) entries of `available`, drawn without replacement
+    (with probabilities following exp(log_weight) when given: Gumbel top-k)."""
+    keys = -torch.log(-torch.log(torch.rand(available.shape, generator=generator)))  # Gumbel(0, 1)
+    if log_weight is not None:
+        keys = keys + log_weight
+    keys = torch.where(available.cpu(), keys, -math.inf).flatten()
+    keep = torch.zeros_like(keys, dtype=torch.bool)
+    n_keep = min(n_keep, int(available.sum()))
+    keep[torch.argsort(keys, descending=True, stable=True)[:n_keep]] = True
+    return keep.view(available.shape)
+
+
+def random_masks(
+    model: nn.Module,
+    density: float,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    mode: str = "uniform",
+    seed: int = 0,
+    distance_scale: float = 0.5,
+) -> dict[str, torch.Tensor]:
+    """One random-graph realisation: a keep-mask per targeted layer with round(density * n) ones."""
+    if mode not in MODES:
+        raise ValueError(f"prune.mode={mode!r}: choose uniform or distance")
+    model = model_of(model)
+    layers = target_layers(model, targets)
+    route = getattr(model, "route", None)
+    if mode == "distance" and not any(layer is route for layer in layers.values()):
+        raise SsmoeError(
+            "prune.mode=distance draws inter-expert routes by distance, but this model has none among "
+            f"prune.targets={list(targets)}: use a mixture of experts with a topology other than isolated "
+            "and 'route' in prune.targets, or prune.mode=uniform"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    masks = {}
+    for name, layer in layers.items():
+        log_weight = route_log_weights(model, distance_scale) if mode == "distance" and layer is route else None
+        masks[name] = draw_keep(layer.mask, round(density * layer.weight.numel()), generator, log_weight)
+    return masks
+
+
+class StochasticNet(PruningCallback):
+    """Fixes a random sparse connectivity in on_fit_start, before the first training step."""
+
+    def __init__(
+        self,
+        density: float = 0.5,
+        mode: str = "uniform",
+        distance_scale: float = 0.5,
+        seed: int = 0,
+        targets: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(targets=targets)
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"prune.density={density} must be in (0, 1]")
+        if mode not in MODES:
+            raise ValueError(f"prune.mode={mode!r}: choose uniform or distance")
+        if distance_scale <= 0:
+            raise ValueError(f"prune.distance_scale={distance_scale} must be > 0")
+        self.density, self.mode, self.distance_scale, self.seed = density, mode, distance_scale, seed
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self.draw(pl_module, trainer.optimizers)
+
+    def draw(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> float:
+        """Install the seed's realisation; returns the reached sparsity over the targets. Drawing
+        again gives the same graph (same keys, and the kept set is the top of its own keys)."""
+        masks = random_masks(model, self.density, self.targets, self.mode, self.seed, self.distance_scale)
+        apply_masks(target_layers(model, self.targets), masks, optimizers)
+        return self.final_sparsity(model)
