@@ -47,16 +47,20 @@ def main(args: list[str]) -> int:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def hydra_app(cfg: DictConfig) -> float | None:
+    from hydra.errors import InstantiationException
+
     try:
         return train(cfg).get("test/acc")
-    except SsmoeError as exc:
+    except (SsmoeError, InstantiationException) as exc:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        print(f"ssmoe: error: {exc}", file=sys.stderr)
+        # A constructor's ValueError is a config mistake: show its message, not Hydra's wrapper.
+        cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
+        print(f"ssmoe: error: {cause}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
-        sys.exit(exc.exit_code)
+        sys.exit(SsmoeError.exit_code)
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
@@ -127,17 +131,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def fit_and_evaluate(cfg: DictConfig, datamodule: Any, model: Any, baseline: Any, tracker: Any) -> dict[str, float]:
+    import torch
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ProgressBar
 
     from ssmoe_cli.accounting import account, latency_ms, nonzero_params
     from ssmoe_cli.callbacks import EpochTimer
+    from ssmoe_cli.evaluation import moe_metrics
+    from ssmoe_cli.export import export_model, load_model, use_sparse_kernels
+    from ssmoe_cli.models.moe import MixtureOfExperts
     from ssmoe_cli.module import ClassifierModule
+    from ssmoe_cli.plots import expert_load, gating_map
+    from ssmoe_cli.prune.base import layer_table
 
     datamodule.setup("fit")
     module = ClassifierModule(model, num_classes=cfg.data.num_classes, optimizer=instantiate(cfg.optim))
     timer = EpochTimer()
-    callbacks: list[Any] = [timer]
+    pruner = instantiate(cfg.prune)
+    callbacks: list[Any] = [timer, pruner]
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is not None and "_target_" in cb_cfg:
             callbacks.append(instantiate(cb_cfg))
@@ -147,26 +158,93 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: Any, model: Any, baseline: Any
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=tracker.lightning_logger())
 
     start = time.perf_counter()
+    prepare = getattr(model, "prepare", None)
+    if callable(prepare):
+        # Fit-independent preparation on training inputs (e.g. t-SNE gate pretraining), counted
+        # as training time, on the device the trainer will use.
+        device = trainer.strategy.root_device
+        model.to(device)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        log.info("preparing the model on %d training examples", len(datamodule.train_set))
+        prepare(datamodule.train_set.tensors[0].to(device), generator)
     trainer.fit(module, datamodule=datamodule)
     train_s = time.perf_counter() - start
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
     device = next(model.parameters()).device
-    x_test = datamodule.test_set.tensors[0].to(device)
+    x_train, y_train = (t.to(device) for t in datamodule.train_set.tensors)
+    x_test, y_test = (t.to(device) for t in datamodule.test_set.tensors)
+    out_dir = Path(cfg.paths.output_dir)
     acc = account(model, x_test)
     extra = {
         **acc.metrics(),
+        "prune/sparsity": pruner.final_sparsity(model),
         "compression/ratio_vs_fcl": nonzero_params(baseline) / max(acc.params_nonzero, 1),
         "time/train_s": train_s,
         "time/epoch_s": timer.mean,
-        "time/infer_ms_b1": latency_ms(model, x_test[:1], repeats=cfg.timing.repeats_b1),
-        "time/infer_ms_b256": latency_ms(model, x_test[:256], repeats=cfg.timing.repeats_b256),
     }
+    layers = layer_table(model)
+    write_layer_csv(layers, out_dir / "layers.csv")
+    tracker.log_artifact(out_dir / "layers.csv")
+    print_layer_table(layers)
+
+    # The model as exported: a compact sparse file, reloaded from weights only, run with CSR kernels
+    # where they measure faster; the latencies are those of this exported model.
+    export = export_model(model, OmegaConf.to_container(cfg.model, resolve=True), out_dir / "model.safetensors")
+    tracker.log_artifact(export.path)
+    dense_bytes = sum(p.numel() * p.element_size() for p in baseline.parameters())
+    exported = load_model(export.path, sparse_kernels=False).to(device)
+    kernels = use_sparse_kernels(exported)
+    extra.update(
+        {
+            "size/dense_bytes": float(dense_bytes),
+            "size/sparse_bytes": float(export.bytes),
+            "compression/bytes_ratio_vs_fcl": dense_bytes / export.bytes,
+            "inference/csr_layers": float(sum(kernels.values())),
+            "time/infer_ms_b1": latency_ms(exported, x_test[:1], repeats=cfg.timing.repeats_b1),
+            "time/infer_ms_b256": latency_ms(exported, x_test[:256], repeats=cfg.timing.repeats_b256),
+        }
+    )
+    if isinstance(model, MixtureOfExperts):
+        gate_metrics, view = moe_metrics(model, x_train, y_train, x_test, y_test, seed=cfg.seed)
+        extra.update(gate_metrics)
+        for path in (gating_map(view, out_dir / "gating_map.png"), expert_load(view, out_dir / "expert_load.png")):
+            if path is not None:
+                tracker.log_artifact(path, "plots")
     tracker.log_metrics(extra, step=trainer.global_step)
     return {**{k: float(v) for k, v in results.items()}, **extra}
 
 
+def write_layer_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["name"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def print_layer_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="weights per layer (masked or zero weights count as pruned)")
+    for col in ("layer", "role", "shape", "dense", "nonzero", "sparsity"):
+        table.add_column(col, justify="left" if col in ("layer", "role", "shape") else "right")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["role"],
+            "x".join(map(str, r["shape"])),
+            f"{r['weights']:,}",
+            f"{r['nonzero']:,}",
+            f"{r['sparsity']:.4f}",
+        )
+    Console().print(table)
+
+
 def print_summary(metrics: dict[str, float], tracker: Any, cfg: DictConfig, baseline: str) -> None:
+    """The results table, then where the run's records are. Ratios are against `baseline`."""
     from rich.console import Console
     from rich.table import Table
 
@@ -177,13 +255,23 @@ def print_summary(metrics: dict[str, float], tracker: Any, cfg: DictConfig, base
         ("params nonzero", "params/nonzero", "{:,.0f}"),
         ("params active / sample", "params/active_per_sample", "{:,.0f}"),
         ("multiply-adds / sample", "flops/per_sample", "{:,.0f}"),
-        (f"compression vs {baseline}", "compression/ratio_vs_fcl", "{:.2f}x"),
+        ("pruned fraction (targeted weights)", "prune/sparsity", "{:.4f}"),
+        ("params compression vs baseline", "compression/ratio_vs_fcl", "{:.2f}x"),
+        ("exported file (bytes)", "size/sparse_bytes", "{:,.0f}"),
+        ("file compression vs baseline", "compression/bytes_ratio_vs_fcl", "{:.2f}x"),
         ("train time (s)", "time/train_s", "{:.1f}"),
         ("epoch time (s)", "time/epoch_s", "{:.2f}"),
         ("inference, batch 1 (ms)", "time/infer_ms_b1", "{:.3f}"),
         ("inference, batch 256 (ms)", "time/infer_ms_b256", "{:.3f}"),
+        ("expert load CV^2", "experts/load_cv2", "{:.3f}"),
+        ("expert load max / mean", "experts/load_max_over_mean", "{:.2f}"),
+        ("expert output correlation", "experts/output_corr", "{:.3f}"),
+        ("gate entropy (nats)", "gate/entropy", "{:.3f}"),
+        ("gate t-SNE KL", "gate/tsne_kl", "{:.3f}"),
+        ("gate trustworthiness T(12)", "gate/trustworthiness", "{:.4f}"),
+        ("gate 1-NN accuracy", "gate/knn1_acc", "{:.4f}"),
     ]
-    table = Table(title="ssmoe train: results")
+    table = Table(title="ssmoe train: results", caption=f"baseline: {baseline} (dense)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("key", style="dim")

@@ -1,0 +1,98 @@
+"""Sparse export: smaller than dense when sparse, identical predictions after loading, weights only,
+and CSR layers that compute what the dense layers compute."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.export import CSRExpertLinear, CSRLinear, export_model, index_dtype, load_model, use_sparse_kernels
+from ssmoe_cli.models.fcl import FCL
+from ssmoe_cli.models.layers import ExpertLinear, MaskedLinear, masked_layers
+
+FCL_CFG = {"_target_": "ssmoe_cli.models.fcl.FCL", "in_features": 784, "num_classes": 10, "hidden": [300, 100]}
+
+
+def sparsify(model: torch.nn.Module, sparsity: float, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for layer in masked_layers(model):
+        layer.set_mask(torch.rand(layer.weight.shape, generator=gen) >= sparsity)
+
+
+def fcl(sparsity: float) -> FCL:
+    torch.manual_seed(0)
+    model = FCL(784, 10, hidden=[300, 100]).eval()
+    sparsify(model, sparsity)
+    return model
+
+
+def test_index_dtype_is_the_smallest_that_fits():
+    assert index_dtype(255) == torch.uint8
+    assert index_dtype(783) == torch.int16
+    assert index_dtype(70_000) == torch.int32
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.98])
+def test_round_trip_predicts_identically(tmp_path, sparsity):
+    model = fcl(sparsity)
+    export_model(model, FCL_CFG, tmp_path / "m.safetensors")
+    x = torch.randn(64, 784)
+    for kernels in (False, True):
+        loaded = load_model(tmp_path / "m.safetensors", sparse_kernels=kernels)
+        assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5)
+        assert torch.equal(loaded(x).logits.argmax(1), model(x).logits.argmax(1))
+
+
+def test_file_is_smaller_than_dense_above_two_thirds_sparsity(tmp_path):
+    dense = export_model(fcl(0.0), FCL_CFG, tmp_path / "dense.safetensors").bytes
+    assert dense == pytest.approx(266_610 * 4, rel=0.01)
+    for sparsity in (0.7, 0.9, 0.95):
+        size = export_model(fcl(sparsity), FCL_CFG, tmp_path / f"s{sparsity}.safetensors").bytes
+        assert size < dense
+    size95 = export_model(fcl(0.95), FCL_CFG, tmp_path / "s95.safetensors").bytes
+    assert dense / size95 > 5  # values (4 B) + int16 column index (2 B) per nonzero
+
+
+def test_loader_refuses_foreign_targets_and_bad_files(tmp_path):
+    model = fcl(0.5)
+    export_model(model, {**FCL_CFG, "_target_": "os.system"}, tmp_path / "evil.safetensors")
+    with pytest.raises(SsmoeError, match="not an ssmoe_cli class"):
+        load_model(tmp_path / "evil.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SsmoeError, match="cannot read"):
+        load_model(tmp_path / "junk.safetensors")
+
+
+def test_no_pickle_in_the_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    export_model(fcl(0.9), FCL_CFG, path)
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    header = json.loads(path.read_bytes()[8 : 8 + header_len])
+    assert header["__metadata__"]["format"] == "ssmoe-sparse/1"
+    assert b"\x80\x04" not in path.read_bytes()[:2]  # safetensors header, not a pickle stream
+
+
+def test_csr_layers_compute_what_dense_layers_compute():
+    torch.manual_seed(0)
+    lin = MaskedLinear(50, 20)
+    lin.set_mask(torch.rand(20, 50) > 0.8)
+    x = torch.randn(7, 50)
+    assert torch.allclose(CSRLinear(lin)(x), lin(x), atol=1e-6)
+    exp = ExpertLinear(4, 30, 12)
+    exp.set_mask(torch.rand(4, 12, 30) > 0.9)
+    xe = torch.randn(4, 5, 30)
+    assert torch.allclose(CSRExpertLinear(exp)(xe), exp(xe), atol=1e-6)
+
+
+def test_sparse_kernels_are_used_only_where_measured_faster_and_keep_outputs():
+    model = fcl(0.97)
+    x = torch.randn(256, 784)
+    before = model(x).logits
+    decisions = use_sparse_kernels(model)
+    assert set(decisions) == {"net.0", "net.2", "net.4"}
+    for name, used in decisions.items():
+        assert isinstance(model.get_submodule(name), CSRLinear) == used
+    assert torch.allclose(model(x).logits, before, atol=1e-5)
