@@ -7,6 +7,7 @@ Keep this module free of heavy imports: `ssmoe --help` must start in well under 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -23,7 +24,11 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "ssmoe_cli.train", "train one model, or sweep with -m (Hydra overrides; see `ssmoe train --help`)"
     ),
+    "report": Command("ssmoe_cli.report.cli", "summarise runs over seeds, fill the paper's blanks, tables and plots"),
 }
+
+# Set by a running subcommand for the processes it starts (see main()).
+SUBCOMMAND_ENV = "SSMOE_SUBCOMMAND"
 
 USAGE = """usage: ssmoe [--help] [--version] <command> [args...]
 
@@ -57,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssmoe {__version__}")
         return 0
     name, rest = args[0], args[1:]
+    inherited = os.environ.get(SUBCOMMAND_ENV)
+    if name not in COMMANDS and inherited in COMMANDS:
+        # Lightning's DDP launcher re-runs `sys.argv` in its worker processes, i.e. `ssmoe <overrides>`
+        # without the subcommand word (Hydra needed it removed); the parent left it in the environment.
+        name, rest = inherited, args
     if name not in COMMANDS:
         print(
             f"ssmoe: unknown command '{name}'; choose one of: {', '.join(COMMANDS)} (see ssmoe --help)", file=sys.stderr

@@ -41,7 +41,8 @@ class ClassifierModule(pl.LightningModule):
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy) -> None:
         x, y = batch
         logits = self.model(x).logits
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP each process sees a shard; the logged value is over all of them.
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
         acc.update(logits, y)
         self.log(f"{stage}/acc", acc, on_epoch=True)
 

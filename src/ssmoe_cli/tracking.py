@@ -70,6 +70,22 @@ def get_or_create_experiment(client: Any, name: str) -> str:
     return retry(attempt)
 
 
+# Keys that say where a job writes or how it is run, not what it computes: left out of the config hash
+# by which a re-run sweep recognises jobs that already FINISHED.
+VOLATILE_KEYS = ("paths", "callbacks", "logger", "threads", "skip_finished", "trainer.default_root_dir")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short stable hash of what a job computes (the resolved config less VOLATILE_KEYS)."""
+    import hashlib
+    import json
+
+    items = sorted(
+        (k, repr(v)) for k, v in flatten(config) if not any(k == v_ or k.startswith(v_ + ".") for v_ in VOLATILE_KEYS)
+    )
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
 class NullTracker:
     """logger=none: nothing is recorded; the run's results are only printed."""
 
@@ -100,6 +116,10 @@ class NullTracker:
 
     def describe(self) -> str:
         return "not tracked (logger=none)"
+
+    def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
+        """A FINISHED run of this experiment with the same config hash: (run id, its metrics)."""
+        return None
 
 
 class MlflowTracker(NullTracker):
@@ -181,3 +201,9 @@ class MlflowTracker(NullTracker):
 
     def describe(self) -> str:
         return f"MLflow run {self.run_id} in experiment '{self.experiment_name}' at {self.tracking_uri}"
+
+    def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
+        exp_id = self.experiment_id()
+        query = f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'"
+        runs = retry(lambda: self.client.search_runs([exp_id], filter_string=query, max_results=1))
+        return (runs[0].info.run_id, dict(runs[0].data.metrics)) if runs else None

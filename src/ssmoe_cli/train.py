@@ -7,6 +7,7 @@ Only this module and ssmoe_cli.cli know about Hydra; the pieces it builds are pl
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -38,9 +39,13 @@ def quiet_third_party() -> None:
 
 def main(args: list[str]) -> int:
     """Run the Hydra app on the given overrides (the `ssmoe train` subcommand)."""
+    from ssmoe_cli.cli import SUBCOMMAND_ENV
+
     quiet_third_party()
-    # Hydra parses sys.argv itself: hand it the overrides without the subcommand word.
+    # Hydra parses sys.argv itself: hand it the overrides without the subcommand word. DDP workers
+    # re-run that command line; the environment tells the CLI it is `train` again.
     sys.argv = [sys.argv[0], *args]
+    os.environ[SUBCOMMAND_ENV] = "train"
     hydra_app()
     return 0
 
@@ -71,6 +76,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     hc = HydraConfig.get()
     choices = hc.runtime.choices
     tags = {
+        "run_type": "train",  # `ssmoe report` logs runs of type "report" into the same experiments
         "model": str(choices.get("model")),
         "prune": str(choices.get("prune", "none")),
         "data": str(choices.get("data")),
@@ -107,15 +113,29 @@ def git_commit() -> str | None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate one configuration; returns the final metrics."""
     import pytorch_lightning as pl
+    import torch
     from hydra.utils import instantiate
 
+    from ssmoe_cli.tracking import NullTracker, config_hash
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     baseline = instantiate(cfg.baseline)
-    tracker = instantiate(cfg.logger)
+    # DDP worker processes (launched by rank 0 with LOCAL_RANK / NODE_RANK set) train but do not
+    # track: the run is rank 0's, so a multi-process job is still exactly one MLflow run.
+    worker = int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+    tracker = NullTracker() if worker else instantiate(cfg.logger)
     config = OmegaConf.to_container(cfg, resolve=True)
-    tags = run_tags(cfg)
+    tags = {**run_tags(cfg), "config_hash": config_hash(config)}
+    if cfg.get("skip_finished"):
+        done = tracker.find_finished(tags["config_hash"])
+        if done is not None:
+            log.info("skip_finished: run %s already FINISHED with this config; not training again", done[0])
+            print(f"ssmoe: skipped, already finished as MLflow run {done[0]} (skip_finished=true)")
+            return done[1]
     run_name = f"{tags['model']}-{tags['data']}-s{cfg.seed}"
     tracker.start(config, tags, run_name=run_name)
     try:
@@ -126,7 +146,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tracker.end(status, error=f"{type(exc).__name__}: {exc}")
         raise
     tracker.end("FINISHED")
-    print_summary(metrics, tracker, cfg, baseline=tags["baseline"])
+    if not worker:
+        print_summary(metrics, tracker, cfg, baseline=tags["baseline"])
     return metrics
 
 
@@ -170,6 +191,8 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: Any, model: Any, baseline: Any
     trainer.fit(module, datamodule=datamodule)
     train_s = time.perf_counter() - start
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    if not trainer.is_global_zero:
+        return {k: float(v) for k, v in results.items()}  # accounting, export and plots are rank 0's
 
     device = next(model.parameters()).device
     x_train, y_train = (t.to(device) for t in datamodule.train_set.tensors)

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+import torch.distributed as dist
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from ssmoe_cli.errors import SsmoeError
 
@@ -26,6 +35,27 @@ class Arrays:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+
+
+class SubsetSampler(Sampler[int]):
+    """The given indices, in order."""
+
+    def __init__(self, indices: list[int]) -> None:
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EpochBatchSampler(BatchSampler):
+    """A BatchSampler that passes Lightning's set_epoch on to a DistributedSampler inside it."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -123,8 +153,16 @@ class TensorDataModule(pl.LightningDataModule):
         # Sampling index batches and indexing the tensors once per batch is ~10x faster than
         # collating single samples; RandomSampler draws from torch's global RNG, which the run's
         # seed fixes, so the order is reproducible.
-        base = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        sampler = BatchSampler(base, batch_size=batch_size, drop_last=False)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world > 1 and shuffle:
+            # DDP training: equal-sized shards (padded), reshuffled each epoch via set_epoch.
+            base = DistributedSampler(dataset, shuffle=True, seed=int(torch.initial_seed() % 2**31))
+        elif world > 1:
+            # DDP evaluation: disjoint shards without padding, so metrics count each example once.
+            base = SubsetSampler(list(range(dist.get_rank(), len(dataset), world)))
+        else:
+            base = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        sampler = EpochBatchSampler(base, batch_size=batch_size, drop_last=False)
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:

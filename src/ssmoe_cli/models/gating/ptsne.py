@@ -102,6 +102,7 @@ class PTSNEGate(nn.Module):
         hidden: Sequence[int] = (16,),
         centres: str = "kmeans",
         temperature: float | str = "auto",
+        temperature_margin: float = 1.0,
         schedule: str = "pretrain",
         freeze: bool = True,
         pretrain_epochs: int = 20,
@@ -127,6 +128,9 @@ class PTSNEGate(nn.Module):
         self.num_experts, self.k = num_experts, k
         self.centres_mode, self.schedule, self.freeze = centres, schedule, freeze
         self.temperature_mode = temperature
+        if temperature_margin <= 0:
+            raise ValueError(f"temperature_margin={temperature_margin}: must be > 0")
+        self.temperature_margin = temperature_margin
         self.pretrain_epochs, self.pretrain_lr = pretrain_epochs, pretrain_lr
         self.tsne_batch_size, self.perplexity, self.dof = tsne_batch_size, perplexity, dof
         # BH-SNE's choice: P of each point over its 3 * perplexity nearest neighbours only.
@@ -211,7 +215,7 @@ class PTSNEGate(nn.Module):
         c = grid(y, self.num_experts) if self.centres_mode == "grid" else kmeans(y, self.num_experts, generator)
         self.centres.copy_(c)
         if self.temperature_mode == "auto":
-            self.temperature.fill_(auto_temperature(c, y))
+            self.temperature.fill_(auto_temperature(c, y, self.temperature_margin))
 
     # -- routing ------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> GateOutput:

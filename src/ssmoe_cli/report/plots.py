@@ -1,0 +1,137 @@
+"""PNG plots of `ssmoe report` (matplotlib, Agg backend): accuracy vs size with the Pareto front, expert load.
+
+Each function returns the file it wrote, or None when no configuration has the data it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ssmoe_cli.report.stats import ACC, LOAD_METRICS, MODEL_ORDER, NONZERO, Group
+
+_COLOURS = {"fcl": "tab:gray", "moe": "tab:green", "sgmoe": "tab:blue", "ptsne_moe": "tab:red"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colour(model: str | None, extra: dict[str, str]) -> str:
+    if model in _COLOURS:
+        return _COLOURS[str(model)]
+    palette = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    return extra.setdefault(str(model), palette[len(extra) % len(palette)])
+
+
+def _human(value: float, _pos: object = None) -> str:
+    """Tick label of a parameter count on a log axis: 1-2-5 steps only, as 20k, 500k, 1.2M."""
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    if round(lead) not in (1, 2, 5) or abs(lead - round(lead)) > 1e-6:
+        return ""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= div:
+            return f"{value / div:g}{unit}"
+    return f"{value:g}"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (params, accuracy) points no other point beats: fewer-or-equal params and higher-or-equal
+    accuracy, strictly better in one. Sorted by params."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((xo <= x and yo >= y) and (xo < x or yo > y) for j, (xo, yo) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def accuracy_vs_params(groups: Sequence[Group], path: Path) -> Path | None:
+    """Test accuracy vs nonzero parameters (log x): one point per configuration, std error bars, Pareto front."""
+    shown = [g for g in groups if g.mean(ACC) is not None and (g.mean(NONZERO) or 0) > 0]
+    if not shown:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    points = [(float(g.mean(NONZERO) or 0), 100 * float(g.mean(ACC) or 0)) for g in shown]
+    extra: dict[str, str] = {}
+    seen: set[str] = set()
+    for g, (x, y) in zip(shown, points, strict=True):
+        acc, nz = g.summary(ACC), g.summary(NONZERO)
+        model = str(g.model)
+        # Single-seed configurations get no error bar: there is no std to draw.
+        ax.errorbar(
+            x,
+            y,
+            yerr=None if acc.std is None else 100 * acc.std,
+            xerr=nz.std if nz.std else None,
+            fmt="o",
+            ms=6,
+            capsize=3,
+            color=_colour(model, extra),
+            label=None if model in seen else model,
+        )
+        seen.add(model)
+        ax.annotate(g.label.split(" / ", 1)[-1], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    front = pareto_front(points)
+    fx, fy = [points[i][0] for i in front], [points[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="black", lw=1, ls="--", alpha=0.6)
+    ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", linewidths=1.2, label="Pareto front")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(_human))
+    ax.xaxis.set_minor_formatter(FuncFormatter(_human))
+    ax.set_xlabel("nonzero parameters (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs nonzero parameters (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def expert_load(groups: Sequence[Group], path: Path) -> Path | None:
+    """Bars of experts/load_cv2 and experts/load_max_over_mean (mean ± std) for each MoE configuration."""
+    shown = [g for g in groups if any(g.summary(m).n for m in LOAD_METRICS)]
+    if not shown:
+        return None
+    plt = _pyplot()
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    shown.sort(key=lambda g: order.get(str(g.model), len(order)))
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.2 * len(shown) + 4), 5), dpi=110)
+    extra: dict[str, str] = {}
+    labels = [g.label for g in shown]
+    titles = ("load CV² (balanced: 0)", "load max / mean (balanced: 1)")
+    for ax, metric, ideal, title in zip(axes, LOAD_METRICS, (0.0, 1.0), titles, strict=True):
+        means = [g.mean(metric) for g in shown]
+        stds = [g.summary(metric).std for g in shown]
+        ax.bar(
+            range(len(shown)),
+            [0.0 if m is None else m for m in means],
+            # NaN draws no error bar: a single seed has no std (a zero-length bar would claim one).
+            yerr=[math.nan if s is None else s for s in stds],
+            capsize=3,
+            color=[_colour(g.model, extra) for g in shown],
+        )
+        for i, m in enumerate(means):
+            if m is None:  # say so instead of drawing a zero-height bar that reads as a value
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=7)
+        ax.axhline(ideal, color="0.4", ls=":", lw=1)
+        ax.set_xticks(range(len(shown)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("expert load per configuration (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

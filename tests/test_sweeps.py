@@ -1,0 +1,137 @@
+"""Experiment configs, parallel sweeps (joblib), resuming a sweep, DDP on CPU, a real MLflow server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import FAST, cli_env, search_runs
+
+SYNTH = ["data=synthetic", "model.hidden=[16]"]
+
+
+@pytest.mark.parametrize(
+    "experiment", ["paper", "quick", "ablation_topology", "ablation_gating", "ablation_perplexity"]
+)
+def test_experiment_configs_compose(run_cli, experiment):
+    out = run_cli("train", f"experiment={experiment}", "--cfg", "hydra").stdout
+    assert "params:" in out and "seed: 0,1,2" in out
+    assert "hydra_plugins.hydra_joblib_launcher" in out and "n_jobs: 2" in out
+
+
+def test_slurm_and_optuna_configs_compose(run_cli):
+    out = run_cli("train", "hydra/launcher=slurm", "--cfg", "hydra").stdout
+    assert "submitit" in out and "timeout_min: 120" in out
+    out = run_cli("train", "hparams_search=ptsne_moe_optuna", "--cfg", "hydra").stdout
+    assert "optuna" in out and "direction: maximize" in out
+
+
+@pytest.mark.slow
+def test_quick_grid_with_joblib_runs_every_job_in_parallel(run_cli, tmp_path):
+    proc = run_cli(
+        "train",
+        "-m",
+        "experiment=quick",
+        "data=synthetic",
+        "model=fcl,sgmoe",
+        "prune=none,magnitude",
+        "seed=0",
+        "data.batch_size=128",
+        *FAST[1:],
+    )
+    assert "Joblib" in proc.stdout + proc.stderr
+    runs = search_runs(tmp_path, "quick")
+    assert len(runs) == 4 and set(runs.status) == {"FINISHED"}
+    assert {(m, p) for m, p in zip(runs["tags.model"], runs["tags.prune"], strict=True)} == {
+        ("fcl", "none"),
+        ("fcl", "magnitude"),
+        ("sgmoe", "none"),
+        ("sgmoe", "magnitude"),
+    }
+    pruned = runs[runs["tags.prune"] == "magnitude"]
+    assert (pruned["metrics.prune/sparsity"] - 0.9).abs().max() < 1e-4  # exact per layer; rounding across layers
+
+
+@pytest.mark.slow
+def test_rerun_with_skip_finished_does_not_train_again(run_cli, tmp_path):
+    args = ["train", "-m", *SYNTH, "seed=0,1", "skip_finished=true", *FAST]
+    run_cli(*args)
+    again = run_cli(*args)
+    assert again.stdout.count("skipped, already finished") == 2
+    assert len(search_runs(tmp_path)) == 2
+    run_cli("train", *SYNTH, "seed=2", "skip_finished=true", *FAST)  # a new config trains
+    assert len(search_runs(tmp_path)) == 3
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_two_processes_logs_one_run(run_cli, tmp_path):
+    proc = run_cli(
+        "train",
+        "trainer=ddp",
+        *SYNTH,
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "timing.repeats_b1=5",
+        "timing.repeats_b256=3",
+    )
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # the second process really ran
+    runs = search_runs(tmp_path)
+    assert len(runs) == 1 and runs.iloc[0].status == "FINISHED"
+    assert runs.iloc[0]["metrics.test/acc"] > 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_logger_mlflow_server_sends_the_run_to_a_real_server(run_cli, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        run_cli("train", "logger=mlflow_server", f"logger.tracking_uri={url}", *SYNTH, *FAST)
+        import mlflow
+
+        mlflow.set_tracking_uri(url)
+        runs = mlflow.search_runs(experiment_names=["ssmoe"])
+        assert len(runs) == 1 and runs.iloc[0].status == "FINISHED"
+        assert runs.iloc[0]["metrics.test/acc"] == runs.iloc[0]["metrics.test/acc"]
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
