@@ -56,7 +56,7 @@ def lightning_loop(dm: FashionMNIST, epochs: int, seed: int, progress: bool) -> 
     if progress:
         callbacks.append(pl.callbacks.RichProgressBar())
     with tempfile.TemporaryDirectory() as tmp:
-        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp, save_last=True, save_top_k=0))
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=tmp, filename="last", save_top_k=1))
         trainer = pl.Trainer(
             max_epochs=epochs,
             accelerator="cpu",

@@ -14,6 +14,17 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FAST = ["trainer=debug", "timing.repeats_b1=5", "timing.repeats_b256=3"]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is as fast, and immune to other processes busy on the machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def cli_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)

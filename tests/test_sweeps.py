@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from conftest import FAST, cli_env, search_runs
 
-SYNTH = ["data=synthetic", "model.hidden=[16]"]
+SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
 @pytest.mark.parametrize(

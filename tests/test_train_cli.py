@@ -65,7 +65,7 @@ def test_digits_run_logs_the_contract(run_cli, tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_same_result(run_cli, tmp_path):
-    args = ["train", "data=synthetic", "model.hidden=[32]", "logger=none", *FAST]
+    args = ["train", "model=fcl", "data=synthetic", "model.hidden=[32]", "logger=none", *FAST]
     outs = [run_cli(*args, "seed=3").stdout for _ in range(2)]
     other = run_cli(*args, "seed=4", "trainer.max_epochs=2").stdout
 
@@ -78,7 +78,7 @@ def test_same_seed_same_result(run_cli, tmp_path):
 
 @pytest.mark.slow
 def test_multirun_puts_jobs_in_one_experiment(run_cli, tmp_path):
-    run_cli("train", "-m", "data=synthetic", "model.hidden=[16]", "seed=0,1", *FAST)
+    run_cli("train", "-m", "model=fcl", "data=synthetic", "model.hidden=[16]", "seed=0,1", *FAST)
     runs = search_runs(tmp_path)
     assert len(runs) == 2 and set(runs["params.seed"]) == {"0", "1"}
     assert set(runs.status) == {"FINISHED"}

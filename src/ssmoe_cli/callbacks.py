@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+import torch
+
+from ssmoe_cli.errors import SsmoeError
 
 
 class EpochTimer(pl.Callback):
@@ -23,3 +29,55 @@ class EpochTimer(pl.Callback):
     @property
     def mean(self) -> float:
         return sum(self.durations) / len(self.durations) if self.durations else float("nan")
+
+
+class NonFiniteLossError(SsmoeError):
+    """The training loss became NaN or infinite; carries the step for the run's record."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stop at the first NaN/Inf training loss with a message naming the step and what is kept.
+
+    Checking reads the loss on the host (a device sync on GPU): `every` steps, 1 by default."""
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = max(1, every)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx % self.every:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        value = float(loss.detach())
+        if math.isfinite(value):
+            return
+        ckpt = next(
+            (
+                Path(cb.dirpath) / "last.ckpt"
+                for cb in trainer.checkpoint_callbacks
+                if getattr(cb, "dirpath", None) and (Path(cb.dirpath) / "last.ckpt").is_file()
+            ),
+            None,
+        )
+        kept = f"last good checkpoint: {ckpt}" if ckpt else "no checkpoint was written before it"
+        raise NonFiniteLossError(
+            f"training loss became {value} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+            f"{kept}. Lower optim.lr or check the data",
+            step=trainer.global_step,
+        )
+
+
+class RngState(pl.Callback):
+    """Saves torch's global RNG state in every checkpoint and restores it on resume, so that a resumed
+    run draws the same random numbers (e.g. the noisy top-k gate's noise) as an uninterrupted one."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])

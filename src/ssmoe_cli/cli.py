@@ -25,6 +25,7 @@ COMMANDS: dict[str, Command] = {
         "ssmoe_cli.train", "train one model, or sweep with -m (Hydra overrides; see `ssmoe train --help`)"
     ),
     "report": Command("ssmoe_cli.report.cli", "summarise runs over seeds, fill the paper's blanks, tables and plots"),
+    "export": Command("ssmoe_cli.export_cli", "write a run's sparse model file from its checkpoint, or --info FILE"),
 }
 
 # Set by a running subcommand for the processes it starts (see main()).

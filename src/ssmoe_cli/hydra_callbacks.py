@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -21,3 +23,29 @@ class PrepareExperiment(Callback):
         tracker = instantiate(config.logger)
         if isinstance(tracker, MlflowTracker):
             tracker.experiment_id()
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: name the jobs that failed and exit non-zero if any did."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from ssmoe_cli.train import FAILED_MARKER
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(
+            sweep_dir.glob(f"*/{FAILED_MARKER}"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0
+        )
+        jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()] if sweep_dir.is_dir() else []
+        if not failed:
+            print(f"ssmoe: sweep finished: {len(jobs)} job(s), none failed ({sweep_dir})")
+            return
+        print(f"ssmoe: sweep finished: {len(failed)} of {len(jobs)} job(s) FAILED ({sweep_dir}):", file=sys.stderr)
+        for marker in failed:
+            overrides = marker.parent / ".hydra" / "overrides.yaml"
+            what = (
+                " ".join(line.removeprefix("- ").strip() for line in overrides.read_text().splitlines())
+                if overrides.is_file()
+                else ""
+            )
+            print(f"  job #{marker.parent.name} [{what}]: {marker.read_text().strip()}", file=sys.stderr)
+        sys.exit(1)

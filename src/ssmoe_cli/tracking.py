@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ssmoe_cli.errors import SsmoeError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -72,7 +74,7 @@ def get_or_create_experiment(client: Any, name: str) -> str:
 
 # Keys that say where a job writes or how it is run, not what it computes: left out of the config hash
 # by which a re-run sweep recognises jobs that already FINISHED.
-VOLATILE_KEYS = ("paths", "callbacks", "logger", "threads", "skip_finished", "trainer.default_root_dir")
+VOLATILE_KEYS = ("paths", "callbacks", "logger", "threads", "skip_finished", "ckpt_path", "trainer.default_root_dir")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -121,6 +123,13 @@ class NullTracker:
         """A FINISHED run of this experiment with the same config hash: (run id, its metrics)."""
         return None
 
+    def find_unfinished(self, config_hash: str) -> list[tuple[str, str]]:
+        """Runs of this config that did not finish, newest first: (run id, output dir)."""
+        return []
+
+    def resume(self, run_id: str) -> None:
+        """Continue logging into an existing run instead of starting one."""
+
 
 class MlflowTracker(NullTracker):
     """A run in an MLflow tracking store (SQLite file by default, or a tracking server)."""
@@ -130,6 +139,7 @@ class MlflowTracker(NullTracker):
         self.experiment_name = experiment_name
         self.run_id: str | None = None
         self._client: Any = None
+        self._checked = False
 
     @property
     def client(self) -> Any:
@@ -139,7 +149,26 @@ class MlflowTracker(NullTracker):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
+    def check_server(self, timeout: float = 5.0) -> None:
+        """For an http(s) tracking URI, fail in seconds with one line if the server does not answer
+        (MLflow's own client would retry for minutes before training even starts)."""
+        if self._checked or not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=timeout).close()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SsmoeError(
+                f"MLflow tracking server {self.tracking_uri} is unreachable ({reason}); start it "
+                "(mlflow server --host 127.0.0.1 --port 5000) or log locally with logger=mlflow"
+            ) from None
+        self._checked = True
+
     def experiment_id(self) -> str:
+        self.check_server()
         return get_or_create_experiment(self.client, self.experiment_name)
 
     def start(self, config: Mapping[str, Any], tags: Mapping[str, str], run_name: str | None = None) -> None:
@@ -201,6 +230,19 @@ class MlflowTracker(NullTracker):
 
     def describe(self) -> str:
         return f"MLflow run {self.run_id} in experiment '{self.experiment_name}' at {self.tracking_uri}"
+
+    def find_unfinished(self, config_hash: str) -> list[tuple[str, str]]:
+        exp_id = self.experiment_id()
+        query = f"tags.config_hash = '{config_hash}' and attributes.status != 'FINISHED'"
+        runs = retry(
+            lambda: self.client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"])
+        )
+        return [(r.info.run_id, r.data.tags.get("output_dir", "")) for r in runs]
+
+    def resume(self, run_id: str) -> None:
+        self.run_id = run_id
+        retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self.set_tags({"resumed": "true"})
 
     def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
         exp_id = self.experiment_id()

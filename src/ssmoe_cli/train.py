@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ssmoe_cli.errors import SsmoeError
 
 log = logging.getLogger(__name__)
 CONFIG_PATH = "pkg://ssmoe_cli.conf"
+FAILED_MARKER = "FAILED"  # written into a failed sweep job's output directory
 
 
 def quiet_third_party() -> None:
@@ -52,20 +54,31 @@ def main(args: list[str]) -> int:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def hydra_app(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
+    from hydra.types import RunMode
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return train(cfg).get("test/acc")
-    except (SsmoeError, InstantiationException) as exc:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        # A constructor's ValueError is a config mistake: show its message, not Hydra's wrapper.
-        cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
-        print(f"ssmoe: error: {cause}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        sys.exit(SsmoeError.exit_code)
+    except Exception as exc:
+        if isinstance(exc, SsmoeError | InstantiationException):
+            # A constructor's ValueError is a config mistake: show its message, not Hydra's wrapper.
+            cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
+            lines = str(cause).splitlines() or [type(cause).__name__]
+        elif multirun:
+            log.exception("job failed")  # the traceback goes to the job's log file
+            lines = [f"{type(exc).__name__}: {exc}"]
+        else:
+            raise  # a bug, not a user error: keep the traceback
+        for line in lines:  # one line per problem
+            print(f"ssmoe: error: {line}", file=sys.stderr)
+        if not multirun:
+            sys.exit(SsmoeError.exit_code)
+        # In a sweep one failed job must not stop the others: leave a marker that the sweep summary
+        # (hydra_callbacks.SweepSummary) reports, and return.
+        (Path(HydraConfig.get().runtime.output_dir) / FAILED_MARKER).write_text(" / ".join(lines) + "\n")
+        return None
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
@@ -112,12 +125,18 @@ def git_commit() -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate one configuration; returns the final metrics."""
+    quiet_third_party()  # again: launcher plugins (joblib) run jobs in fresh worker processes
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
 
     from ssmoe_cli.tracking import NullTracker, config_hash
+    from ssmoe_cli.validation import validate
 
+    config = OmegaConf.to_container(cfg, resolve=True)
+    problems = validate(config, gpu_available=torch.cuda.is_available)
+    if problems:  # before any work: nothing is created, nothing is logged
+        raise SsmoeError("\n".join(problems))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -128,7 +147,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # track: the run is rank 0's, so a multi-process job is still exactly one MLflow run.
     worker = int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
     tracker = NullTracker() if worker else instantiate(cfg.logger)
-    config = OmegaConf.to_container(cfg, resolve=True)
     tags = {**run_tags(cfg), "config_hash": config_hash(config)}
     if cfg.get("skip_finished"):
         done = tracker.find_finished(tags["config_hash"])
@@ -136,13 +154,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("skip_finished: run %s already FINISHED with this config; not training again", done[0])
             print(f"ssmoe: skipped, already finished as MLflow run {done[0]} (skip_finished=true)")
             return done[1]
-    run_name = f"{tags['model']}-{tags['data']}-s{cfg.seed}"
-    tracker.start(config, tags, run_name=run_name)
+    ckpt = resolve_checkpoint(cfg.get("ckpt_path"), tracker, tags["config_hash"])
+    if ckpt is not None and ckpt.run_id:
+        tracker.resume(ckpt.run_id)
+        log.info("resuming MLflow run %s from %s", ckpt.run_id, ckpt.path)
+    else:
+        tracker.start(config, tags, run_name=f"{tags['model']}-{tags['data']}-s{cfg.seed}")
     try:
-        metrics = fit_and_evaluate(cfg, datamodule, model, baseline, tracker)
+        metrics = fit_and_evaluate(cfg, datamodule, model, baseline, tracker, ckpt.path if ckpt else None)
     except BaseException as exc:
-        # Ctrl-C and kills that Python sees end the run KILLED; anything else FAILED, with the reason.
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        # Ctrl-C ends the run KILLED (Lightning turns it into exit(1) after its graceful shutdown);
+        # anything else FAILED, with the reason.
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+        if getattr(exc, "step", None) is not None:
+            tracker.set_tags({"failed_step": str(exc.step)})
         tracker.end(status, error=f"{type(exc).__name__}: {exc}")
         raise
     tracker.end("FINISHED")
@@ -151,15 +176,44 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def fit_and_evaluate(cfg: DictConfig, datamodule: Any, model: Any, baseline: Any, tracker: Any) -> dict[str, float]:
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    run_id: str | None  # the MLflow run it belongs to, if known
+
+
+def resolve_checkpoint(ckpt_path: str | None, tracker: Any, config_hash: str) -> Checkpoint | None:
+    """`ckpt_path=last`: the newest unfinished run of this very config that left checkpoints/last.ckpt;
+    a path: that checkpoint (and the run whose output directory holds it, if any)."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        for run_id, out_dir in tracker.find_unfinished(config_hash):
+            path = Path(out_dir) / "checkpoints" / "last.ckpt"
+            if out_dir and path.is_file():
+                return Checkpoint(path, run_id)
+        raise SsmoeError(
+            "ckpt_path=last: no unfinished run of this config left a checkpoint in this experiment; "
+            "run without ckpt_path, or give ckpt_path=PATH/TO/last.ckpt"
+        )
+    path = Path(ckpt_path).expanduser().resolve()
+    if not path.is_file():
+        raise SsmoeError(f"ckpt_path={ckpt_path}: no such file; give a checkpoint file or ckpt_path=last")
+    owner = next((run for run, out in tracker.find_unfinished(config_hash) if out and path.is_relative_to(out)), None)
+    return Checkpoint(path, owner)
+
+
+def fit_and_evaluate(
+    cfg: DictConfig, datamodule: Any, model: Any, baseline: Any, tracker: Any, ckpt_path: Path | None = None
+) -> dict[str, float]:
     import torch
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ProgressBar
 
     from ssmoe_cli.accounting import account, latency_ms, nonzero_params
-    from ssmoe_cli.callbacks import EpochTimer
+    from ssmoe_cli.callbacks import EpochTimer, FiniteLossGuard, RngState
     from ssmoe_cli.evaluation import moe_metrics
-    from ssmoe_cli.export import export_model, load_model, use_sparse_kernels
+    from ssmoe_cli.export import config_targets, export_model, load_model, use_sparse_kernels
     from ssmoe_cli.models.moe import MixtureOfExperts
     from ssmoe_cli.module import ClassifierModule
     from ssmoe_cli.plots import expert_load, gating_map
@@ -169,7 +223,7 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: Any, model: Any, baseline: Any
     module = ClassifierModule(model, num_classes=cfg.data.num_classes, optimizer=instantiate(cfg.optim))
     timer = EpochTimer()
     pruner = instantiate(cfg.prune)
-    callbacks: list[Any] = [timer, pruner]
+    callbacks: list[Any] = [timer, pruner, FiniteLossGuard(), RngState()]
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is not None and "_target_" in cb_cfg:
             callbacks.append(instantiate(cb_cfg))
@@ -188,7 +242,8 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: Any, model: Any, baseline: Any
         generator = torch.Generator().manual_seed(cfg.seed)
         log.info("preparing the model on %d training examples", len(datamodule.train_set))
         prepare(datamodule.train_set.tensors[0].to(device), generator)
-    trainer.fit(module, datamodule=datamodule)
+    # weights_only: a checkpoint file is loaded as tensors and plain containers, never unpickled code.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_s = time.perf_counter() - start
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     if not trainer.is_global_zero:
@@ -213,10 +268,13 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: Any, model: Any, baseline: Any
 
     # The model as exported: a compact sparse file, reloaded from weights only, run with CSR kernels
     # where they measure faster; the latencies are those of this exported model.
-    export = export_model(model, OmegaConf.to_container(cfg.model, resolve=True), out_dir / "model.safetensors")
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    export = export_model(model, model_config, out_dir / "model.safetensors")
     tracker.log_artifact(export.path)
     dense_bytes = sum(p.numel() * p.element_size() for p in baseline.parameters())
-    exported = load_model(export.path, sparse_kernels=False).to(device)
+    # The classes of this run's own config are trusted (they may be the user's, outside ssmoe_cli).
+    exported = load_model(export.path, sparse_kernels=False, trusted_targets=config_targets(model_config))
+    exported = exported.to(device)
     kernels = use_sparse_kernels(exported)
     extra.update(
         {

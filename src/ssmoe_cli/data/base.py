@@ -51,11 +51,20 @@ class SubsetSampler(Sampler[int]):
 
 
 class EpochBatchSampler(BatchSampler):
-    """A BatchSampler that passes Lightning's set_epoch on to a DistributedSampler inside it."""
+    """A BatchSampler whose shuffling depends only on (seed, epoch): Lightning calls set_epoch at the
+    start of every epoch, so a run resumed from a checkpoint sees the same order as an uninterrupted
+    one. Passes set_epoch on to a DistributedSampler inside it."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, seed: int = 0) -> None:
+        super().__init__(sampler, batch_size=batch_size, drop_last=drop_last)
+        self.seed = seed
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+        elif isinstance(self.sampler, RandomSampler):
+            self.sampler.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -151,18 +160,18 @@ class TensorDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         # Sampling index batches and indexing the tensors once per batch is ~10x faster than
-        # collating single samples; RandomSampler draws from torch's global RNG, which the run's
-        # seed fixes, so the order is reproducible.
+        # collating single samples; the order is a function of (seed, epoch) (EpochBatchSampler).
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        seed = int(torch.initial_seed() % 2**31)  # the run's seed (pl.seed_everything)
         if world > 1 and shuffle:
             # DDP training: equal-sized shards (padded), reshuffled each epoch via set_epoch.
-            base = DistributedSampler(dataset, shuffle=True, seed=int(torch.initial_seed() % 2**31))
+            base = DistributedSampler(dataset, shuffle=True, seed=seed)
         elif world > 1:
             # DDP evaluation: disjoint shards without padding, so metrics count each example once.
             base = SubsetSampler(list(range(dist.get_rank(), len(dataset), world)))
         else:
             base = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        sampler = EpochBatchSampler(base, batch_size=batch_size, drop_last=False)
+        sampler = EpochBatchSampler(base, batch_size=batch_size, drop_last=False, seed=seed)
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,73 @@
+"""Config validation: each impossible setting is one line naming the key, the value and the range."""
+
+from __future__ import annotations
+
+import pytest
+
+from ssmoe_cli.validation import validate
+
+
+def base() -> dict:
+    return {
+        "optim": {"lr": 1e-3, "weight_decay": 0.0},
+        "trainer": {"max_epochs": 15, "accelerator": "cpu"},
+        "data": {"in_features": 784, "num_classes": 10, "batch_size": 128, "eval_batch_size": 1024},
+        "model": {"num_experts": 16, "k": 2, "expert_hidden": [64]},
+        "gating": {"perplexity": 30.0, "tsne_batch_size": 1000, "hidden": [16], "pretrain_epochs": 20},
+        "topology": {"degree": 2, "fan_out": 4},
+        "prune": {"target_sparsity": 0.9, "initial_sparsity": 0.0, "rounds": 3},
+        "baseline": {"in_features": 784, "num_classes": 10, "hidden": [300, 100]},
+    }
+
+
+def with_(path: str, value) -> dict:
+    cfg = base()
+    node = cfg
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return cfg
+
+
+def test_the_default_config_is_valid():
+    assert validate(base(), gpu_available=lambda: False) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("model.k", 17, "model.k=17: must be between 1 and model.num_experts=16"),
+        ("model.k", 0, "model.k=0: must be between 1"),
+        ("prune.target_sparsity", 1.0, "prune.target_sparsity=1.0: must be in [0, 1)"),
+        ("prune.target_sparsity", -0.1, "prune.target_sparsity=-0.1: must be in [0, 1)"),
+        ("prune.density", 0.0, "prune.density=0.0: must be in (0, 1]"),
+        ("gating.perplexity", 1000, "gating.perplexity=1000: must be < gating.tsne_batch_size=1000"),
+        ("optim.lr", 0, "optim.lr=0: must be > 0"),
+        ("trainer.max_epochs", -1, "trainer.max_epochs=-1: must be > 0"),
+        ("data.batch_size", 0, "data.batch_size=0: must be > 0"),
+        ("model.expert_hidden", [64, 0], "model.expert_hidden=[64, 0]: sizes must be integers > 0"),
+        ("topology.degree", 16, "topology.degree=16: must be in [0, model.num_experts=16)"),
+        ("topology.fan_out", 65, "topology.fan_out=65: must be in [0, 64]"),
+        ("prune.initial_sparsity", 0.95, "prune.target_sparsity=0.9: below prune.initial_sparsity=0.95"),
+        ("baseline.in_features", 64, "baseline.in_features=64: does not match data.in_features=784"),
+    ],
+)
+def test_each_impossible_setting_is_named(path, value, expected):
+    errors = validate(with_(path, value), gpu_available=lambda: True)
+    assert len(errors) == 1 and errors[0].startswith(expected), errors
+    assert "\n" not in errors[0]
+
+
+def test_gpu_trainer_without_gpu():
+    errors = validate(with_("trainer.accelerator", "gpu"), gpu_available=lambda: False)
+    assert errors == ["trainer.accelerator=gpu: no CUDA GPU is visible here; use trainer=cpu"]
+    assert validate(with_("trainer.accelerator", "gpu"), gpu_available=lambda: True) == []
+
+
+def test_several_problems_are_all_reported(run_cli):
+    proc = run_cli("train", "model=sgmoe", "model.k=0", "optim.lr=-1", "logger=none", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ssmoe: error:")]
+    assert len(lines) == 2
+    assert any("optim.lr=-1" in line for line in lines) and any("model.k=0" in line for line in lines)
