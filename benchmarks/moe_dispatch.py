@@ -82,7 +82,7 @@ def main() -> None:
             for e in args.experts:
                 if k > e:
                     continue
-                for dispatch in ("dense", "capacity"):
+                for dispatch in ("dense", "capacity", "pairs"):
                     m = model(e, k, dispatch, gate)
                     if train:
                         m.train()
@@ -93,29 +93,28 @@ def main() -> None:
                             res[k, e, dispatch] = timed(lambda m=m: m(batch), args.repeats)
         return res
 
-    def table(title: str, res: dict[tuple[int, int, str], float]) -> None:
-        print(f"\n{title}")
-        print(f"{'k':>3} {'experts':>8} {'dense':>9} {'capacity':>9}  winner   auto picks")
-        for (k, e, dispatch), ms in sorted(res.items()):
-            if dispatch != "dense":
-                continue
-            cap = res[k, e, "capacity"]
-            auto = model(e, k, "auto", "uniform").resolved_dispatch(k)
-            print(f"{k:>3} {e:>8} {ms:9.3f} {cap:9.3f}  {'dense' if ms < cap else 'capacity':8} {auto}")
-        for k in args.ks:
-            if (k, 8, "capacity") in res and (k, 64, "capacity") in res:
-                best8 = min(res[k, 8, "dense"], res[k, 8, "capacity"])
-                print(
-                    f"k={k}: capacity 64 / 8 experts = {res[k, 64, 'capacity'] / res[k, 8, 'capacity']:.2f}x;"
-                    f" best path 64 / 8 = {min(res[k, 64, 'dense'], res[k, 64, 'capacity']) / best8:.2f}x;"
-                    f" dense 64 / 8 = {res[k, 64, 'dense'] / res[k, 8, 'dense']:.2f}x"
-                )
+    paths = ("dense", "capacity", "pairs")
 
-    table("inference, batch 256, uniform routing", run("uniform", x256, False))
-    table("inference, batch 1, uniform routing", run("uniform", x1, False))
-    table("inference, batch 256, noisy top-k gate (its 784 x E matmul included)", run("noisy_topk", x256, False))
+    def table(title: str, res: dict[tuple[int, int, str], float], batch: int) -> None:
+        print(f"\n{title}")
+        print(f"{'k':>3} {'experts':>8} {'dense':>9} {'capacity':>9} {'pairs':>9}  fastest   auto picks")
+        for k, e in sorted({(k, e) for k, e, _ in res}):
+            times = {p: res[k, e, p] for p in paths}
+            auto = model(e, k, "auto", "uniform").resolved_dispatch(k, batch)
+            cells = " ".join(f"{times[p]:9.3f}" for p in paths)
+            print(f"{k:>3} {e:>8} {cells}  {min(times, key=times.get):9} {auto}")
+        for k in args.ks:
+            if (k, 8, "dense") in res and (k, 64, "dense") in res:
+                auto8 = res[k, 8, model(8, k, "auto", "uniform").resolved_dispatch(k, batch)]
+                auto64 = res[k, 64, model(64, k, "auto", "uniform").resolved_dispatch(k, batch)]
+                ratios = ", ".join(f"{p} {res[k, 64, p] / res[k, 8, p]:.2f}x" for p in paths)
+                print(f"k={k}: 64 / 8 experts with auto = {auto64 / auto8:.2f}x ({ratios})")
+
+    table("inference, batch 256, uniform routing", run("uniform", x256, False), 256)
+    table("inference, batch 1, uniform routing", run("uniform", x1, False), 1)
+    table("inference, batch 256, noisy top-k gate (its 784 x E matmul included)", run("noisy_topk", x256, False), 256)
     if args.train:
-        table("training step (forward + backward), batch 128, uniform routing", run("uniform", x256[:128], True))
+        table("training step (forward + backward), batch 128, uniform routing", run("uniform", x256[:128], True), 128)
 
 
 if __name__ == "__main__":

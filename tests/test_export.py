@@ -61,6 +61,8 @@ def test_loader_refuses_foreign_targets_and_bad_files(tmp_path):
     export_model(model, {**FCL_CFG, "_target_": "os.system"}, tmp_path / "evil.safetensors")
     with pytest.raises(SsmoeError, match="not an ssmoe_cli class"):
         load_model(tmp_path / "evil.safetensors")
+    with pytest.raises(SsmoeError, match="not an ssmoe_cli class"):  # trusting another class is no blank cheque
+        load_model(tmp_path / "evil.safetensors", trusted_targets=["my_gates.CosineGate"])
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(SsmoeError, match="cannot read"):
         load_model(tmp_path / "junk.safetensors")
@@ -87,6 +89,45 @@ def test_csr_layers_compute_what_dense_layers_compute():
     assert torch.allclose(CSRExpertLinear(exp)(xe), exp(xe), atol=1e-6)
 
 
+def test_exported_sparse_moe_with_routes_predicts_identically_on_every_dispatch_path(tmp_path):
+    from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
+    from ssmoe_cli.models.moe import MixtureOfExperts
+    from ssmoe_cli.models.topology.small_world import SmallWorld
+
+    torch.manual_seed(0)
+    gate = NoisyTopKGate(in_features=784, num_experts=8, k=2)
+    with torch.no_grad():
+        gate.w_gate.weight.normal_()
+    model = MixtureOfExperts(
+        784, 10, gate, SmallWorld(degree=2, fan_out=4), num_experts=8, k=2, expert_hidden=[64]
+    ).eval()
+    sparsify(model, 0.97)
+    cfg = {
+        "_target_": "ssmoe_cli.models.moe.MixtureOfExperts",
+        "in_features": 784,
+        "num_classes": 10,
+        "num_experts": 8,
+        "k": 2,
+        "expert_hidden": [64],
+        "gate": {
+            "_target_": "ssmoe_cli.models.gating.noisy_topk.NoisyTopKGate",
+            "in_features": 784,
+            "num_experts": 8,
+            "k": 2,
+        },
+        "topology": {"_target_": "ssmoe_cli.models.topology.small_world.SmallWorld", "degree": 2, "fan_out": 4},
+    }
+    export_model(model, cfg, tmp_path / "moe.safetensors")
+    loaded = load_model(tmp_path / "moe.safetensors", sparse_kernels=False)
+    # Force the CSR versions of every expert layer, whether or not they measure faster here.
+    for i, layer in enumerate(loaded.layers):
+        loaded.layers[i] = CSRExpertLinear(layer)
+    loaded.route = CSRExpertLinear(loaded.route)
+    for batch in (1, 3, 64):  # pairs, pairs, capacity
+        x = torch.randn(batch, 784)
+        assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5), batch
+
+
 def test_sparse_kernels_are_used_only_where_measured_faster_and_keep_outputs():
     model = fcl(0.97)
     x = torch.randn(256, 784)
@@ -96,3 +137,32 @@ def test_sparse_kernels_are_used_only_where_measured_faster_and_keep_outputs():
     for name, used in decisions.items():
         assert isinstance(model.get_submodule(name), CSRLinear) == used
     assert torch.allclose(model(x).logits, before, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ssmoe_export_rebuilds_a_run_from_its_checkpoint(run_cli, tmp_path):
+    run_cli(
+        "train",
+        "model=fcl",
+        "data=digits",
+        "trainer.max_epochs=2",
+        "prune=magnitude",
+        "prune.start=0",
+        "prune.rounds=1",
+        "prune.min_retrain=1",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "timing.repeats_b1=3",
+        "timing.repeats_b256=3",
+    )
+    (run_dir,) = tmp_path.glob("logs/train/runs/*")
+    out = run_cli("export", str(run_dir), "--output", str(tmp_path / "again.safetensors")).stdout
+    assert "layers as CSR" in out
+    # Same weights as the file `ssmoe train` wrote at the end of the run.
+    a, b = load_model(run_dir / "model.safetensors", False), load_model(tmp_path / "again.safetensors", False)
+    x = torch.randn(8, 64)
+    assert torch.equal(a(x).logits, b(x).logits)
+    info = run_cli("export", "--info", str(tmp_path / "again.safetensors")).stdout
+    assert "ssmoe-sparse/1" in info and "net.0.weight" in info and "0.9000 sparse" in info
+    bad = run_cli("export", str(tmp_path), check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("ssmoe: error:")

@@ -22,13 +22,7 @@ from ssmoe_cli.models.gating.tsne import kl_divergence
 CONF = Path(__file__).resolve().parents[1] / "conf" / "gating"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and immune to other processes busy on the machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clusters(n_per: int, n_clusters: int, dim: int, spread: float = 10.0, seed: int = 0):

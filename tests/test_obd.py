@@ -126,7 +126,7 @@ def moe() -> MixtureOfExperts:
 
 def test_fisher_of_a_capacity_dispatch_moe_equals_a_per_sample_loop():
     model = moe().eval()  # eval: no gate noise, so both computations see the same function
-    assert model.resolved_dispatch(2) == "capacity"
+    assert model.resolved_dispatch(2, batch=12) == "capacity"
     x, y = torch.randn(12, 10), torch.randint(0, 4, (12,))
     layers = target_layers(model, ["hidden", "output", "route", "gate"])
     fisher = fisher_diagonal(model, layers, [(x, y)])

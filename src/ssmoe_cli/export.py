@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,21 +100,30 @@ def export_model(model: nn.Module, model_config: Mapping[str, Any], path: str | 
     return ExportInfo(path, path.stat().st_size, len(csr), len(tensors) - 3 * len(csr))
 
 
-def _check_targets(node: Any, where: str = "model") -> None:
-    """Only ssmoe's own classes may be built from a file: no arbitrary callables."""
+def config_targets(node: Any) -> set[str]:
+    """Every `_target_` in a config tree."""
     if isinstance(node, Mapping):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith("ssmoe_cli."):
-            raise SsmoeError(f"refusing to load {where}: _target_ '{target}' is not an ssmoe_cli class")
-        for key, value in node.items():
-            _check_targets(value, f"{where}.{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            _check_targets(value, f"{where}[{i}]")
+        found = {str(node["_target_"])} if "_target_" in node else set()
+        return found.union(*(config_targets(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(config_targets(v) for v in node))
+    return set()
 
 
-def load_model(path: str | Path, sparse_kernels: bool = True) -> nn.Module:
-    """Rebuild an exported model in eval mode; with `sparse_kernels`, swap in CSR layers where faster."""
+def _check_targets(config: Any, trusted: Sequence[str]) -> None:
+    """Only trusted classes may be built from a file: ssmoe's own, plus those the caller names."""
+    for target in sorted(config_targets(config)):
+        if not (target.startswith("ssmoe_cli.") or target in trusted):
+            raise SsmoeError(
+                f"refusing to load: _target_ '{target}' is not an ssmoe_cli class "
+                "(pass it in trusted_targets if you trust this file)"
+            )
+
+
+def load_model(path: str | Path, sparse_kernels: bool = True, trusted_targets: Sequence[str] = ()) -> nn.Module:
+    """Rebuild an exported model in eval mode; with `sparse_kernels`, swap in CSR layers where faster.
+
+    The file's config may only name ssmoe_cli classes and the `trusted_targets` (e.g. your own gate)."""
     from hydra.utils import instantiate
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
@@ -129,7 +138,7 @@ def load_model(path: str | Path, sparse_kernels: bool = True) -> nn.Module:
     if metadata.get("format") != FORMAT:
         raise SsmoeError(f"{path} is not an ssmoe export (format {metadata.get('format')!r}, expected {FORMAT})")
     config = json.loads(metadata["model_config"])
-    _check_targets(config)
+    _check_targets(config, trusted_targets)
     model = instantiate(config)
     state = {}
     for key, shape in json.loads(metadata["csr"]).items():
@@ -186,7 +195,15 @@ class CSRExpertLinear(nn.Module):
     def masked_weight(self) -> torch.Tensor:
         return self.dense_weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gather_rows(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As ExpertLinear.gather_rows (route units read single rows: the dense copy serves them)."""
+        w = self.dense_weight.reshape(-1, self.in_features)[units]
+        return w, (self.bias.reshape(-1)[units] if self.bias is not None else None)
+
+    def forward(self, x: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        if experts is not None:  # per-pair dispatch: a few gathered experts, dense is the right kernel
+            b = self.bias[experts].unsqueeze(1) if self.bias is not None else 0
+            return torch.bmm(x, self.dense_weight[experts].transpose(1, 2)) + b
         e, n, d = x.shape
         out = torch.sparse.mm(self.weight_csr, x.transpose(1, 2).reshape(e * d, n).contiguous())  # (E*out, N)
         out = out.reshape(e, self.out_features, n).transpose(1, 2)

@@ -39,7 +39,7 @@ def gating_map(view: GateView, path: Path, title: str = "") -> Path | None:
         for e, (cx, cy) in enumerate(c.tolist()):
             ax.text(cx, cy, f" {e}", fontsize=8, weight="bold")
     fig.colorbar(pts, ax=ax, label="class")
-    ax.set_title(title or "gating map: test points, expert centres (X), routes (arrows: source -> reader)")
+    ax.set_title(title or "gating map: test points by class, expert centres (X), routes")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -76,9 +76,21 @@ class ExpertLinear(Masked):
             nn.init.uniform_(self.bias, -bound, bound)
         self._init_mask()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.bmm(x, self.masked_weight().transpose(1, 2))
-        return out + self.bias.unsqueeze(1) if self.bias is not None else out
+    def forward(self, x: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (E, N, in), block e through expert e; or with `experts` (M,), block m through expert
+        experts[m] (the weights are gathered: only those experts' matrices are read)."""
+        if experts is None:
+            w, b = self.masked_weight(), self.bias
+        else:  # gather first, then mask: only the selected experts' matrices are touched
+            w = self.weight[experts] * self.mask[experts]
+            b = self.bias[experts] if self.bias is not None else None
+        out = torch.bmm(x, w.transpose(1, 2))
+        return out + b.unsqueeze(1) if b is not None else out
+
+    def gather_rows(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Masked weight rows and biases of output units given as flat indices e * out + j (any shape)."""
+        w = self.weight.reshape(-1, self.in_features)[units] * self.mask.reshape(-1, self.in_features)[units]
+        return w, (self.bias.reshape(-1)[units] if self.bias is not None else None)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, in_features={self.in_features}, out_features={self.out_features}"

@@ -17,6 +17,9 @@ run each layer as one batched matmul:
   shapes beyond the capacity, so compute follows k, not E. capacity_factor=null sizes the buffer to
   the busiest expert of the batch (exact; one host read of a count, free on CPU); a number fixes it
   to ceil(factor * B * k / E) (no host sync on GPU; pairs over capacity are dropped).
+- `pairs`: each (sample, expert) pair runs with that expert's weights gathered for it: only the
+  selected experts' matrices are read, so small batches (B * k < E, e.g. batch 1) cost the same
+  whatever E is; large batches would copy B * k weight matrices.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from ssmoe_cli.models.layers import ExpertLinear, set_role
 from ssmoe_cli.models.topology import Topology
 from ssmoe_cli.models.topology.isolated import Isolated
 
-DISPATCH_MODES = ("auto", "dense", "capacity")
+DISPATCH_MODES = ("auto", "dense", "capacity", "pairs")
 
 
 class MixtureOfExperts(nn.Module):
@@ -48,7 +51,7 @@ class MixtureOfExperts(nn.Module):
         k: int = 2,
         expert_hidden: Sequence[int] = (64,),
         dispatch: str = "auto",
-        dense_max_ratio: float = 2.0,
+        dense_max_ratio: float = 1.0,
         capacity_factor: float | None = None,
         seed: int = 0,
     ) -> None:
@@ -103,37 +106,52 @@ class MixtureOfExperts(nn.Module):
             self._build_routes(generator)
 
     # -- experts ----------------------------------------------------------------------------------
-    def route_activations(self, xe: torch.Tensor) -> torch.Tensor:
-        """(E, N, in) -> (E, N, R): for each expert, the source units it reads, computed on its inputs."""
-        first = self.layers[0]
-        w = first.masked_weight().reshape(-1, first.in_features)[self.route_units]  # (E, R, in)
-        b = first.bias.reshape(-1)[self.route_units]  # (E, R)
+    def route_activations(self, xe: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        """(E, N, in) -> (E, N, R): for each expert, the source units it reads, computed on its inputs
+        (with `experts`, block m is for expert experts[m])."""
+        units = self.route_units if experts is None else self.route_units[experts]
+        # Only the source rows are gathered (and masked): never a pass over every expert's weights.
+        w, b = self.layers[0].gather_rows(units)  # (E, R, in), (E, R)
         return F.relu(torch.baddbmm(b.unsqueeze(1), xe, w.transpose(1, 2)))
 
-    def experts(self, xe: torch.Tensor) -> torch.Tensor:
-        """Run expert e on row block e: (E, N, in) -> (E, N, classes)."""
+    def experts(self, xe: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        """Run expert e on row block e: (E, N, in) -> (E, N, classes); with `experts` (M,), run
+        expert experts[m] on block m of (M, N, in)."""
         h = xe
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            z = layer(h)
+            z = layer(h, experts)
             if i == 1 and self.route is not None:
-                z = z + self.route(self.route_activations(xe))
+                z = z + self.route(self.route_activations(xe, experts), experts)
             h = F.relu(z) if i < last else z
         return h
 
     # -- dispatch ---------------------------------------------------------------------------------
-    def resolved_dispatch(self, k: int) -> str:
+    def resolved_dispatch(self, k: int, batch: int) -> str:
+        """auto: `pairs` when the batch has fewer (sample, expert) pairs than experts, `dense` when
+        E <= dense_max_ratio * k, else `capacity` (benchmarks/moe_dispatch.py measures the choice)."""
         if self.dispatch != "auto":
             return self.dispatch
+        if batch * k < self.num_experts:
+            return "pairs"
         return "dense" if self.num_experts <= self.dense_max_ratio * k else "capacity"
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         g = self.gate(x)
-        if self.resolved_dispatch(g.indices.shape[1]) == "dense":
+        mode = self.resolved_dispatch(g.indices.shape[1], len(x))
+        if mode == "dense":
             y = self.combine_dense(x, g.weights)
+        elif mode == "pairs":
+            y = self.combine_pairs(x, g.indices, g.values)
         else:
             y = self.combine_capacity(x, g.indices, g.values)
         return ModelOutput(y, dict(g.aux))
+
+    def combine_pairs(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        batch, k = indices.shape
+        xp = x.repeat_interleave(k, dim=0).unsqueeze(1)  # (B*k, 1, in), sample-major like indices
+        out = self.experts(xp, indices.reshape(-1)).squeeze(1)  # (B*k, C)
+        return (out * values.reshape(-1, 1)).view(batch, k, -1).sum(1)
 
     def combine_dense(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = self.experts(x.unsqueeze(0).expand(self.num_experts, -1, -1))  # (E, B, C)
