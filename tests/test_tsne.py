@@ -19,14 +19,7 @@ from ssmoe_cli.models.gating.tsne import (
 )
 from ssmoe_cli.models.layers import mlp
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and immune to other processes busy on the machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perplexities(p: torch.Tensor) -> torch.Tensor:
