@@ -27,16 +27,20 @@ CONFIG_PATH = "pkg://ssmoe_cli.conf"
 FAILED_MARKER = "FAILED"  # written into a failed sweep job's output directory
 
 
+class _NoAds(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_NO_ADS = _NoAds()
+
+
 def quiet_third_party() -> None:
-    """Drop third-party chatter that says nothing about the run (ads, deprecations inside libraries)."""
+    """Drop third-party chatter that says nothing about the run (ads, deprecations inside libraries).
+    Idempotent: sweeps call it once per job."""
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
-
-    class _NoAds(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "litlogger" not in record.getMessage()
-
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAds())
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_ADS)  # a no-op when present
 
 
 def main(args: list[str]) -> int:
