@@ -38,6 +38,13 @@ def model_of(module: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else module
 
 
+def check_scope(scope: str) -> str:
+    """`layer` (each layer to the target) or `global` (one ranking over all targeted weights)."""
+    if scope not in SCOPES:
+        raise ValueError(f"prune.scope={scope!r}: choose layer or global")
+    return scope
+
+
 def check_targets(targets: Iterable[str] | str | None) -> list[str]:
     """The roles to prune as a list (a single role may be given as a string: prune.targets=gate)."""
     targets = [targets] if isinstance(targets, str) else list(DEFAULT_TARGETS if targets is None else targets)
@@ -140,8 +147,7 @@ def lowest_saliency_masks(
     """Keep-masks pruning the lowest-saliency weights: round(target * n) of each layer's n weights
     (scope "layer"), or round(target * N) of all N targeted weights together (scope "global").
     Masked weights rank lowest, so they are part of the count."""
-    if scope not in SCOPES:
-        raise ValueError(f"prune.scope={scope!r}: choose layer or global")
+    check_scope(scope)
     scores = {
         name: torch.where(layers[name].mask, s.detach().float(), -math.inf).flatten() for name, s in saliency.items()
     }

@@ -21,10 +21,10 @@ from torch import nn
 from ssmoe_cli.models.layers import Masked
 from ssmoe_cli.prune.base import (
     DEFAULT_TARGETS,
-    SCOPES,
     PruningCallback,
     Schedule,
     apply_masks,
+    check_scope,
     layers_sparsity,
     prune_to,
     target_layers,
@@ -49,8 +49,7 @@ def magnitude_prune(
 @torch.no_grad()
 def std_masks(layers: Mapping[str, Masked], quality_factor: float, scope: str = "layer") -> dict[str, torch.Tensor]:
     """Keep-masks of |w| >= quality_factor x std(surviving weights), per layer or global."""
-    if scope not in SCOPES:
-        raise ValueError(f"prune.scope={scope!r}: choose layer or global")
+    check_scope(scope)
     survivors = {name: layer.weight[layer.mask] for name, layer in layers.items()}
 
     def threshold(w: torch.Tensor) -> float:
@@ -97,8 +96,7 @@ class MagnitudePruning(PruningCallback):
     ) -> None:
         plan = Schedule(schedule, target_sparsity, rounds, start, every, unit, initial_sparsity)
         super().__init__(targets=targets, schedule=plan, min_retrain=min_retrain)
-        if scope not in SCOPES:
-            raise ValueError(f"prune.scope={scope!r}: choose layer or global")
+        check_scope(scope)
         if criterion not in CRITERIA:
             raise ValueError(f"prune.criterion={criterion!r}: choose fraction or std")
         if criterion == "std" and schedule == "gradual":

@@ -35,9 +35,9 @@ from ssmoe_cli.models.layers import Masked
 from ssmoe_cli.models.moe import MixtureOfExperts
 from ssmoe_cli.prune.base import (
     DEFAULT_TARGETS,
-    SCOPES,
     PruningCallback,
     Schedule,
+    check_scope,
     model_of,
     prune_to,
     target_layers,
@@ -256,8 +256,7 @@ class OBDPruning(PruningCallback):
             raise ValueError(f"prune.hessian={hessian!r}: choose fisher or hutchinson")
         if batches < 1 or probes < 1:
             raise ValueError(f"prune.batches={batches} and prune.probes={probes} must be >= 1")
-        if scope not in SCOPES:
-            raise ValueError(f"prune.scope={scope!r}: choose layer or global")
+        check_scope(scope)
         self.hessian, self.batches, self.probes, self.scope, self.seed = hessian, batches, probes, scope, seed
 
     def training_batches(self, trainer: pl.Trainer, device: torch.device) -> list[Batch]:

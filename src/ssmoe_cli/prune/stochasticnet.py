@@ -95,7 +95,7 @@ class StochasticNet(PruningCallback):
 
     def __init__(
         self,
-        density: float = 0.5,
+        density: float = 0.1,  # as conf/prune/stochasticnet.yaml: 90% sparse, like magnitude and obd
         mode: str = "uniform",
         distance_scale: float = 0.5,
         seed: int = 0,
