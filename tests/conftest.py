@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,59 @@ def search_runs(tmp_path: Path, experiment: str = "ssmoe"):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     return mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time ASC"])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with its store in a temp dir; stop() kills it (SIGKILL, as a
+    crash would), start() brings it back on the same port and store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port, self.proc = root, free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        import time
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--backend-store-uri", f"sqlite:///{self.root / 'server.db'}", "--workers", "1"]
+        self.proc = subprocess.Popen(  # its own process group: stop() kills its workers with it
+            cmd,
+            cwd=self.root,
+            env=cli_env(self.root),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2).close()
+                return self
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its uvicorn workers
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    server = MlflowServer(tmp_path).start()
+    yield server
+    server.stop()

@@ -159,3 +159,94 @@ def test_ckpt_path_last_without_a_checkpoint_is_one_line(run_cli):
     assert proc.returncode == 2
     (line,) = errors(proc.stderr)
     assert "ckpt_path=last: no unfinished run of this config" in line
+
+
+def journal_records(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_server_lost_mid_run_training_finishes_and_sync_relogs(tmp_path, mlflow_server, run_cli):
+    """The server dies after the first epoch was logged: training goes on to the end, the rest is kept
+    in the run's offline journal, the warning names `ssmoe sync`, and that re-logs it all once the
+    server is back."""
+    import mlflow
+
+    epochs = 6
+    cmd = [sys.executable, "-m", "ssmoe_cli", "train", *SYNTH, "logger=mlflow_server", *FAST[1:]]
+    cmd += [f"logger.tracking_uri={mlflow_server.url}", f"trainer.max_epochs={epochs}"]
+    cmd += ["trainer.enable_progress_bar=false"]
+    client = mlflow.MlflowClient(mlflow_server.url)
+
+    def first_epoch_logged() -> str | None:
+        exp = client.get_experiment_by_name("ssmoe")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        return runs[0].info.run_id if runs and "val/acc" in runs[0].data.metrics else None
+
+    out_file, err_file = tmp_path / "stdout", tmp_path / "stderr"  # files: a full pipe would block it
+    with out_file.open("w") as out, err_file.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(tmp_path), stdout=out, stderr=err, text=True)
+        deadline = time.time() + 120
+        while (run_id := first_epoch_logged()) is None:
+            assert proc.poll() is None and time.time() < deadline, err_file.read_text()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGSTOP)  # pause training there, kill the server, go on
+        mlflow_server.stop()
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.wait(timeout=300)
+    out, err = out_file.read_text(), err_file.read_text()
+
+    assert proc.returncode == 0 and "Traceback" not in err, out + err
+    (warning,) = [line for line in err.splitlines() if line.startswith("ssmoe: warning:")]
+    (run_dir,) = tmp_path.glob("logs/train/runs/*")
+    assert "lost the MLflow server" in warning and f"ssmoe sync {run_dir}" in warning
+    records = journal_records(run_dir / "mlflow_offline.jsonl")
+    assert records[0]["op"] == "header" and records[0]["run_id"] == run_id
+    assert records[-1] == {"op": "end", "status": "FINISHED"}
+    assert any("test/acc" in r.get("metrics", {}) for r in records)
+
+    mlflow_server.start()  # back, same store: nothing after the first epoch is there yet
+    assert client.get_run(run_id).info.status == "RUNNING"
+    proc = run_cli("sync", str(run_dir))
+    assert f"into MLflow run {run_id}" in proc.stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and 0 <= run.data.metrics["test/acc"] <= 1
+    assert len(client.get_metric_history(run_id, "val/acc")) == epochs  # every epoch, before and after
+    assert "layers.csv" in {a.path for a in client.list_artifacts(run_id)}
+    assert (run_dir / "mlflow_offline.synced.jsonl").is_file()
+
+    again = run_cli("sync", str(run_dir), check=False)  # never replayed twice
+    assert again.returncode == 2 and errors(again.stderr) == [
+        f"ssmoe: error: {run_dir}: already re-logged; nothing to sync"
+    ]
+
+
+@pytest.mark.slow
+def test_server_back_before_the_end_is_relogged_automatically(tmp_path, mlflow_server, capsys):
+    from ssmoe_cli.tracking import MlflowTracker
+
+    tracker = MlflowTracker(mlflow_server.url, offline_dir=tmp_path / "out", http_retries=0)
+    tracker.start({"model": {"k": 2}}, {"run_type": "train"})
+    tracker.log_metrics({"val/acc": 0.5}, step=1)
+    mlflow_server.stop()
+    tracker.log_metrics({"val/acc": 0.75}, step=2)  # refused: goes to the journal
+    tracker.set_tags({"note": "offline"})
+    assert tracker.journal == tmp_path / "out" / "mlflow_offline.jsonl" and tracker.journal_records == 2
+    mlflow_server.start()
+    tracker.end("FINISHED")
+    assert tracker.resynced and "were re-logged into run" in tracker.offline_note()
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_server.url)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["note"] == "offline"
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "val/acc")] == [0.5, 0.75]
+
+
+def test_sync_without_a_journal_is_one_line(run_cli, tmp_path):
+    proc = run_cli("sync", str(tmp_path), check=False)
+    assert proc.returncode == 2 and errors(proc.stderr) == [
+        f"ssmoe: error: {tmp_path}: no mlflow_offline.jsonl (nothing was kept offline); nothing to sync"
+    ]

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
-from conftest import FAST, cli_env, search_runs
+from conftest import FAST, search_runs
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
@@ -84,54 +78,14 @@ def test_ddp_on_cpu_with_two_processes_logs_one_run(run_cli, tmp_path):
     assert runs.iloc[0]["metrics.test/acc"] > 0.5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_logger_mlflow_server_sends_the_run_to_a_real_server(run_cli, tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
-        run_cli("train", "logger=mlflow_server", f"logger.tracking_uri={url}", *SYNTH, *FAST)
-        import mlflow
+def test_logger_mlflow_server_sends_the_run_to_a_real_server(run_cli, tmp_path, mlflow_server):
+    run_cli("train", "logger=mlflow_server", f"logger.tracking_uri={mlflow_server.url}", *SYNTH, *FAST)
+    import mlflow
 
-        mlflow.set_tracking_uri(url)
-        runs = mlflow.search_runs(experiment_names=["ssmoe"])
-        assert len(runs) == 1 and runs.iloc[0].status == "FINISHED"
-        assert runs.iloc[0]["metrics.test/acc"] == runs.iloc[0]["metrics.test/acc"]
-        assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    mlflow.set_tracking_uri(mlflow_server.url)
+    runs = mlflow.search_runs(experiment_names=["ssmoe"])
+    assert len(runs) == 1 and runs.iloc[0].status == "FINISHED"
+    assert runs.iloc[0]["metrics.test/acc"] == runs.iloc[0]["metrics.test/acc"]
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+    assert not list(tmp_path.glob("logs/train/runs/*/mlflow_offline*"))  # nothing was kept offline

@@ -26,6 +26,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "report": Command("ssmoe_cli.report.cli", "summarise runs over seeds, fill the paper's blanks, tables and plots"),
     "export": Command("ssmoe_cli.export_cli", "write a run's sparse model file from its checkpoint, or --info FILE"),
+    "sync": Command("ssmoe_cli.sync_cli", "re-log what a run kept offline while its MLflow server was down"),
 }
 
 # Set by a running subcommand for the processes it starts (see main()).

@@ -20,7 +20,7 @@ class PrepareExperiment(Callback):
     """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        tracker = instantiate(config.logger)
+        tracker = instantiate(config.logger, offline_dir=None)  # no job's output directory exists yet
         if isinstance(tracker, MlflowTracker):
             tracker.experiment_id()
 
@@ -29,9 +29,16 @@ class SweepSummary(Callback):
     """At the end of a multirun: name the jobs that failed and exit non-zero if any did."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from ssmoe_cli.tracking import OFFLINE_JOURNAL
         from ssmoe_cli.train import FAILED_MARKER
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        for journal in sorted(sweep_dir.glob(f"*/{OFFLINE_JOURNAL}")):
+            print(
+                f"ssmoe: warning: job #{journal.parent.name} lost the MLflow server; re-log its records with: "
+                f"ssmoe sync {journal.parent}",
+                file=sys.stderr,
+            )
         failed = sorted(
             sweep_dir.glob(f"*/{FAILED_MARKER}"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0
         )

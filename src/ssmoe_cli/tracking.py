@@ -1,13 +1,19 @@
 """MLflow tracking: one run per training job, owned here from creation to its final status.
 
-Lightning's MLFlowLogger only streams the per-epoch metrics into the run created here, so that
-params (the whole resolved config, not cut at 250 characters), tags, artifacts and the final
-status (FINISHED, or FAILED with the error as a tag) are in one place. SQLite stores shared by
-parallel jobs race on creation and migration ("database is locked"): every call retries.
+Lightning's per-epoch metrics reach the run through this tracker too (ssmoe_cli.lightning_logger),
+so params (the whole resolved config, not cut at 250 characters), metrics, tags, artifacts and the
+final status (FINISHED, or FAILED with the error as a tag) all take one path. SQLite stores shared
+by parallel jobs race on creation and migration ("database is locked"): every call retries.
+
+A tracking server lost mid-run does not stop training: from the first write it refuses, every record
+goes to an offline journal (mlflow_offline.jsonl in the run's output directory) instead. At the end
+the tracker re-logs the journal itself if the server is back; if not, `ssmoe sync DIR` does it later.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import random
@@ -23,6 +29,20 @@ T = TypeVar("T")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _TRANSIENT = ("database is locked", "database is busy", "unique constraint failed", "deadlock")
+# What MLflow's REST client says once its own retries are spent on a server that is gone or failing.
+# Most specific first: the first one found names the reason in the log.
+_SERVER_LOST = (
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "remotedisconnected",
+    "timed out",
+    "bad gateway",
+    "service unavailable",
+    "failed to establish a new connection",
+    "max retries exceeded",
+)
+OFFLINE_JOURNAL = "mlflow_offline.jsonl"
 
 
 def retry(fn: Callable[[], T], attempts: int = 10, delay: float = 0.1) -> T:
@@ -119,6 +139,10 @@ class NullTracker:
     def describe(self) -> str:
         return "not tracked (logger=none)"
 
+    def offline_note(self) -> str | None:
+        """One line on records kept offline (server lost mid-run) and how to re-log them; None if none."""
+        return None
+
     def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
         """A FINISHED run of this experiment with the same config hash: (run id, its metrics)."""
         return None
@@ -132,12 +156,30 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    """A run in an MLflow tracking store (SQLite file by default, or a tracking server)."""
+    """A run in an MLflow tracking store (SQLite file by default, or a tracking server).
 
-    def __init__(self, tracking_uri: str | None = None, experiment_name: str = "ssmoe") -> None:
+    http_retries / http_timeout_s bound how long MLflow's REST client insists on a dead server (its
+    defaults retry for minutes) before this tracker switches to its offline journal in offline_dir;
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT, when set, win.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment_name: str = "ssmoe",
+        offline_dir: str | Path | None = None,
+        http_retries: int = 3,
+        http_timeout_s: int = 15,
+    ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.experiment_name = experiment_name
         self.run_id: str | None = None
+        self.offline_dir = Path(offline_dir) if offline_dir else Path.cwd()
+        self.http_retries = http_retries
+        self.http_timeout_s = http_timeout_s
+        self.journal: Path | None = None  # set once the server is lost: where the records go
+        self.journal_records = 0
+        self.resynced = False
         self._client: Any = None
         self._checked = False
 
@@ -149,87 +191,152 @@ class MlflowTracker(NullTracker):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def check_server(self, timeout: float = 5.0) -> None:
-        """For an http(s) tracking URI, fail in seconds with one line if the server does not answer
-        (MLflow's own client would retry for minutes before training even starts)."""
-        if self._checked or not self.tracking_uri.startswith(("http://", "https://")):
-            return
-        import urllib.error
+    @property
+    def remote(self) -> bool:
+        return self.tracking_uri.startswith(("http://", "https://"))
+
+    def server_answers(self, timeout: float = 5.0) -> bool:
         import urllib.request
 
         try:
             urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=timeout).close()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except OSError:  # URLError: refused, timed out, no route
+            return False
+        return True
+
+    def check_server(self, timeout: float = 5.0) -> None:
+        """For an http(s) tracking URI, fail in seconds with one line if the server does not answer
+        (MLflow's own client would retry for minutes before training even starts)."""
+        if self._checked or not self.remote:
+            return
+        if not self.server_answers(timeout):
             raise SsmoeError(
-                f"MLflow tracking server {self.tracking_uri} is unreachable ({reason}); start it "
+                f"MLflow tracking server {self.tracking_uri} is unreachable; start it "
                 "(mlflow server --host 127.0.0.1 --port 5000) or log locally with logger=mlflow"
-            ) from None
+            )
         self._checked = True
 
     def experiment_id(self) -> str:
         self.check_server()
         return get_or_create_experiment(self.client, self.experiment_name)
 
+    @contextlib.contextmanager
+    def _http_limits(self) -> Iterator[None]:
+        """MLflow reads its retry settings from the environment at every request: bound them while
+        this tracker writes (unless the user set them), then put the environment back."""
+        limits = {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.http_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.http_timeout_s),
+        }
+        added = [key for key in limits if key not in os.environ] if self.remote else []
+        os.environ.update({key: limits[key] for key in added})
+        try:
+            yield
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """Send one record to the run; once the server is lost, keep it (and every later one) offline."""
+        if self.journal is None:
+            try:
+                with self._http_limits():
+                    retry(lambda: apply_record(self.client, self.run_id, record))
+                return
+            except Exception as exc:
+                if not (self.remote and any(s in str(exc).lower() for s in _SERVER_LOST)):
+                    raise
+                self._go_offline(exc)
+        assert self.journal is not None
+        with self.journal.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.journal_records += 1
+
+    def _go_offline(self, exc: Exception) -> None:
+        self.offline_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = self.offline_dir / OFFLINE_JOURNAL
+        message = str(exc) or type(exc).__name__
+        reason = next((s for s in _SERVER_LOST if s in message.lower()), message[:200])
+        header = {
+            "op": "header",
+            "run_id": self.run_id,
+            "tracking_uri": self.tracking_uri,
+            "experiment_name": self.experiment_name,
+            "lost_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "error": message[:2000],
+        }
+        with self.journal.open("a") as fh:
+            fh.write(json.dumps(header) + "\n")
+        log.warning(
+            "lost the MLflow server %s (%s); training goes on, records go to %s",
+            self.tracking_uri,
+            reason,
+            self.journal,
+        )
+
     def start(self, config: Mapping[str, Any], tags: Mapping[str, str], run_name: str | None = None) -> None:
         import yaml
-        from mlflow.entities import Param
-        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
         exp_id = self.experiment_id()
-        run = retry(lambda: self.client.create_run(exp_id, tags=dict(tags), run_name=run_name))
+        with self._http_limits():
+            run = retry(lambda: self.client.create_run(exp_id, tags=dict(tags), run_name=run_name))
         self.run_id = run.info.run_id
-        params = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(config)]
-        for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
-            chunk = params[i : i + MAX_PARAMS_TAGS_PER_BATCH]
-            retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+        self._write({"op": "params", "params": {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flatten(config)}})
         # The whole config as a file too: MLflow params are cut, and this one re-runs as is.
         self.log_text(yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
 
     def lightning_logger(self) -> Any:
-        from pytorch_lightning.loggers import MLFlowLogger
+        from ssmoe_cli.lightning_logger import TrackerLogger
 
-        class RunOwnedMLFlowLogger(MLFlowLogger):
-            """Streams metrics into our run; leaves params and the run's status to the tracker."""
-
-            def log_hyperparams(self, params: Any) -> None:
-                pass
-
-            def finalize(self, status: str = "success") -> None:
-                pass
-
-        return RunOwnedMLFlowLogger(
-            experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=self.run_id
-        )
+        return TrackerLogger(self)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        values = {k: float(v) for k, v in metrics.items()}
+        self._write({"op": "metrics", "metrics": values, "step": step or 0, "timestamp": int(time.time() * 1000)})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        self._write({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        retry(lambda: self.client.log_text(self.run_id, text, artifact_file))
+        self._write({"op": "text", "text": text, "artifact_file": artifact_file})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
-        retry(lambda: self.client.log_batch(self.run_id, tags=batch))
+        self._write({"op": "tags", "tags": {k: str(v)[:5000] for k, v in tags.items()}})
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:
             return
         if error is not None:
             self.set_tags({"error": error})
-        retry(lambda: self.client.set_terminated(self.run_id, status))
+        self._write({"op": "end", "status": status})
+        if self.journal is not None and self.server_answers(timeout=2.0):
+            # The server is back (restarted, a network blip): re-log now instead of leaving it to the user.
+            try:
+                self.journal_records = sync_journal(self.journal)[1]
+                self.resynced = True
+            except Exception as exc:  # the journal stays where it is; offline_note says how to retry
+                log.warning("re-logging %s failed: %s", self.journal, exc)
 
     def describe(self) -> str:
-        return f"MLflow run {self.run_id} in experiment '{self.experiment_name}' at {self.tracking_uri}"
+        where = f"MLflow run {self.run_id} in experiment '{self.experiment_name}' at {self.tracking_uri}"
+        if self.journal is not None and not self.resynced:
+            return f"{where} (server lost mid-run: the rest is in {self.journal})"
+        return where
+
+    def offline_note(self) -> str | None:
+        if self.journal is None:
+            return None
+        if self.resynced:
+            return (
+                f"the MLflow server {self.tracking_uri} was lost during the run and came back; the "
+                f"{self.journal_records} records kept meanwhile were re-logged into run {self.run_id}"
+            )
+        return (
+            f"lost the MLflow server {self.tracking_uri} during the run; {self.journal_records} records are "
+            f"kept in {self.journal}; once the server is back, re-log them with: ssmoe sync {self.journal.parent}"
+        )
 
     def find_unfinished(self, config_hash: str) -> list[tuple[str, str]]:
         exp_id = self.experiment_id()
@@ -249,3 +356,57 @@ class MlflowTracker(NullTracker):
         query = f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'"
         runs = retry(lambda: self.client.search_runs([exp_id], filter_string=query, max_results=1))
         return (runs[0].info.run_id, dict(runs[0].data.metrics)) if runs else None
+
+
+def apply_record(client: Any, run_id: str | None, record: Mapping[str, Any]) -> None:
+    """Write one tracker record (live, or replayed from an offline journal) into an MLflow run."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+
+    op = record["op"]
+    if op == "metrics":
+        batch = [Metric(k, v, record["timestamp"], record["step"]) for k, v in record["metrics"].items()]
+        client.log_batch(run_id, metrics=batch)
+    elif op == "params":
+        params = [Param(k, v) for k, v in record["params"].items()]
+        for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+            client.log_batch(run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+    elif op == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()])
+    elif op == "artifact":
+        client.log_artifact(run_id, record["path"], record["artifact_path"])
+    elif op == "text":
+        client.log_text(run_id, record["text"], record["artifact_file"])
+    elif op == "end":
+        client.set_terminated(run_id, record["status"])
+    else:
+        raise ValueError(f"unknown tracker record {op!r}")
+
+
+def sync_journal(journal: Path, tracking_uri: str | None = None) -> tuple[str, int]:
+    """Re-log an offline journal into its run (at the journal's tracking URI unless one is given),
+    then rename it *.synced.jsonl so that it is never replayed twice. Returns (run id, records)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        lines = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise SsmoeError(f"cannot read the offline journal {journal}: {exc}") from None
+    header = next((r for r in lines if r.get("op") == "header"), None)
+    if header is None or not header.get("run_id"):
+        raise SsmoeError(f"{journal} is not an ssmoe offline journal (no header with a run id)")
+    uri = resolve_tracking_uri(tracking_uri or header["tracking_uri"])
+    client = MlflowClient(tracking_uri=uri)
+    run_id = header["run_id"]
+    try:
+        retry(lambda: client.get_run(run_id))
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise SsmoeError(
+            f"cannot reach run {run_id} at {uri} ({first}); start the server that holds it, or pass --tracking-uri"
+        ) from None
+    records = [r for r in lines if r.get("op") != "header"]
+    for record in records:
+        retry(lambda record=record: apply_record(client, run_id, record))
+    journal.rename(journal.with_name(journal.name.replace(".jsonl", ".synced.jsonl")))
+    return run_id, len(records)

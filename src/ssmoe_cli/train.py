@@ -173,11 +173,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if getattr(exc, "step", None) is not None:
             tracker.set_tags({"failed_step": str(exc.step)})
         tracker.end(status, error=f"{type(exc).__name__}: {exc}")
+        warn_offline(tracker)
         raise
     tracker.end("FINISHED")
     if not worker:
         print_summary(metrics, tracker, cfg, baseline=tags["baseline"])
+    warn_offline(tracker)
     return metrics
+
+
+def warn_offline(tracker: Any) -> None:
+    """The tracking server was lost mid-run: say where the records are and how to re-log them."""
+    note = tracker.offline_note()
+    if note:
+        print(f"ssmoe: warning: {note}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -366,7 +375,9 @@ def print_summary(metrics: dict[str, float], tracker: Any, cfg: DictConfig, base
     console = Console()
     console.print(table)
     console.print(f"Results: {tracker.describe()}")
-    if tracker.run_id:
+    if tracker.run_id and tracker.tracking_uri.startswith(("http://", "https://")):
+        console.print(f"Browse: open {tracker.tracking_uri} (the tracking server's UI)")
+    elif tracker.run_id:
         console.print(
             f"Browse: run `mlflow ui` in this directory (or `mlflow ui --backend-store-uri {tracker.tracking_uri}`)"
         )
