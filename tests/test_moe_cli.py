@@ -94,4 +94,4 @@ def test_impossible_k_is_one_line_exit_2(run_cli):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr
-    assert any("k=20" in line and "num_experts=16" in line for line in errors), proc.stderr
+    assert any("k=20" in line and "num_experts=8" in line for line in errors), proc.stderr
