@@ -233,7 +233,10 @@ def fit_and_evaluate(
     from ssmoe_cli.prune.base import layer_table
 
     datamodule.setup("fit")
-    module = ClassifierModule(model, num_classes=cfg.data.num_classes, optimizer=instantiate(cfg.optim))
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = ClassifierModule(
+        model, num_classes=cfg.data.num_classes, optimizer=instantiate(cfg.optim), scheduler=scheduler
+    )
     timer = EpochTimer()
     pruner = instantiate(cfg.prune)
     callbacks: list[Any] = [timer, pruner, FiniteLossGuard(), RngState()]
