@@ -49,3 +49,10 @@ def test_unknown_option_fails_with_hydra_message(run_cli):
     proc = run_cli("train", "model=does_not_exist", check=False)
     assert proc.returncode != 0
     assert "Could not find 'model/does_not_exist'" in proc.stderr
+
+
+def test_scheduler_group_defaults_to_constant_and_cosine_follows_max_epochs(run_cli):
+    out = run_cli("train", "--cfg", "job", "--resolve", "model=fcl").stdout
+    assert "scheduler: {}" in out
+    out = run_cli("train", "--cfg", "job", "--resolve", "model=fcl", "scheduler=cosine", "trainer.max_epochs=7").stdout
+    assert "CosineAnnealingLR" in out and "T_max: 7" in out

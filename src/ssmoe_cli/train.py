@@ -233,7 +233,8 @@ def fit_and_evaluate(
     from ssmoe_cli.prune.base import layer_table
 
     datamodule.setup("fit")
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    # scheduler=none composes to an empty node: a constant learning rate.
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and "_target_" in cfg.scheduler else None
     module = ClassifierModule(
         model, num_classes=cfg.data.num_classes, optimizer=instantiate(cfg.optim), scheduler=scheduler
     )
