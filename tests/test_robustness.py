@@ -174,7 +174,7 @@ def test_server_lost_mid_run_training_finishes_and_sync_relogs(tmp_path, mlflow_
     server is back."""
     import mlflow
 
-    epochs = 6
+    epochs = 25  # ~0.1 s each: seconds of training left after epoch 1 for the test to pause it there
     cmd = [sys.executable, "-m", "ssmoe_cli", "train", *SYNTH, "logger=mlflow_server", *FAST[1:]]
     cmd += [f"logger.tracking_uri={mlflow_server.url}", f"trainer.max_epochs={epochs}"]
     cmd += ["trainer.enable_progress_bar=false"]

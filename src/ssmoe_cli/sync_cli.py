@@ -20,7 +20,7 @@ from ssmoe_cli.errors import SsmoeError
 
 def find_journals(target: Path) -> list[Path]:
     """The offline journals under a run or sweep directory (or the journal file itself)."""
-    from ssmoe_cli.tracking import OFFLINE_JOURNAL
+    from ssmoe_cli.tracking import OFFLINE_JOURNAL, SYNCED_JOURNAL
 
     if target.is_file():
         return [target]
@@ -28,7 +28,7 @@ def find_journals(target: Path) -> list[Path]:
         raise SsmoeError(f"{target}: no such file or directory; give a run's output directory")
     journals = sorted(target.rglob(OFFLINE_JOURNAL))
     if not journals:
-        synced = list(target.rglob(OFFLINE_JOURNAL.replace(".jsonl", ".synced.jsonl")))
+        synced = any(target.rglob(SYNCED_JOURNAL))
         what = "already re-logged" if synced else f"no {OFFLINE_JOURNAL} (nothing was kept offline)"
         raise SsmoeError(f"{target}: {what}; nothing to sync")
     return journals

@@ -43,6 +43,7 @@ _SERVER_LOST = (
     "max retries exceeded",
 )
 OFFLINE_JOURNAL = "mlflow_offline.jsonl"
+SYNCED_JOURNAL = "mlflow_offline.synced.jsonl"  # the journal once re-logged: never replayed twice
 
 
 def retry(fn: Callable[[], T], attempts: int = 10, delay: float = 0.1) -> T:
@@ -114,6 +115,7 @@ class NullTracker:
     run_id: str | None = None
     tracking_uri: str | None = None
     experiment_name: str | None = None
+    remote = False  # an http(s) tracking server (rather than a local store)
 
     def start(self, config: Mapping[str, Any], tags: Mapping[str, str], run_name: str | None = None) -> None:
         pass
@@ -408,5 +410,5 @@ def sync_journal(journal: Path, tracking_uri: str | None = None) -> tuple[str, i
     records = [r for r in lines if r.get("op") != "header"]
     for record in records:
         retry(lambda record=record: apply_record(client, run_id, record))
-    journal.rename(journal.with_name(journal.name.replace(".jsonl", ".synced.jsonl")))
+    journal.rename(journal.with_name(SYNCED_JOURNAL))
     return run_id, len(records)

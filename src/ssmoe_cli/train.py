@@ -234,7 +234,7 @@ def fit_and_evaluate(
 
     datamodule.setup("fit")
     # scheduler=none composes to an empty node: a constant learning rate.
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and "_target_" in cfg.scheduler else None
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = ClassifierModule(
         model, num_classes=cfg.data.num_classes, optimizer=instantiate(cfg.optim), scheduler=scheduler
     )
@@ -379,7 +379,7 @@ def print_summary(metrics: dict[str, float], tracker: Any, cfg: DictConfig, base
     console = Console()
     console.print(table)
     console.print(f"Results: {tracker.describe()}")
-    if tracker.run_id and tracker.tracking_uri.startswith(("http://", "https://")):
+    if tracker.run_id and tracker.remote:
         console.print(f"Browse: open {tracker.tracking_uri} (the tracking server's UI)")
     elif tracker.run_id:
         console.print(
