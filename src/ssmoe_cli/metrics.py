@@ -1,0 +1,139 @@
+"""Every metric ssmoe logs: its MLflow name, labels, how one value is shown, when it is logged.
+
+The one home for metric names (docs/configuration.md, "The metrics contract", has their meaning):
+training logs them under these names, the console summary of `ssmoe train` and `ssmoe report` show
+them with these labels and formats. Plain data and small helpers only: importing this module costs
+nothing (no torch, no MLflow), so the CLI, the models and the report can all use it.
+
+Names are stable: later versions add metrics and never rename one (MLflow keeps the old runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["fraction", "count", "ratio", "float"]
+When = Literal["epoch", "end"]
+Scope = Literal["all", "moe", "map"]
+
+# --------------------------------------------------------------------------- names
+
+TRAIN_LOSS = "train/loss"
+TRAIN_AUX_PREFIX = "train/aux/"  # + the auxiliary loss's name, as the model reports it
+VAL_LOSS = "val/loss"
+VAL_ACC = "val/acc"
+TEST_LOSS = "test/loss"
+TEST_ACC = "test/acc"
+PARAMS_TOTAL = "params/total"
+PARAMS_NONZERO = "params/nonzero"
+PARAMS_ACTIVE = "params/active_per_sample"
+FLOPS = "flops/per_sample"
+PRUNE_SPARSITY = "prune/sparsity"
+RATIO_VS_FCL = "compression/ratio_vs_fcl"
+BYTES_RATIO_VS_FCL = "compression/bytes_ratio_vs_fcl"
+DENSE_BYTES = "size/dense_bytes"
+SPARSE_BYTES = "size/sparse_bytes"
+CSR_LAYERS = "inference/csr_layers"
+TRAIN_S = "time/train_s"
+EPOCH_S = "time/epoch_s"
+INFER_MS_B1 = "time/infer_ms_b1"
+INFER_MS_B256 = "time/infer_ms_b256"
+LOAD_CV2 = "experts/load_cv2"
+LOAD_MAX_OVER_MEAN = "experts/load_max_over_mean"
+OUTPUT_CORR = "experts/output_corr"
+GATE_ENTROPY = "gate/entropy"
+GATE_TSNE_KL = "gate/tsne_kl"
+GATE_TRUSTWORTHINESS = "gate/trustworthiness"
+GATE_KNN1_ACC = "gate/knn1_acc"
+
+
+def aux_loss(name: str) -> str:
+    """The MLflow name of a model's auxiliary loss `name` (logged every epoch)."""
+    return TRAIN_AUX_PREFIX + name
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: MLflow name, labels, formats and when it exists.
+
+    label: the row label of `ssmoe train`'s results table. short: a column header of `ssmoe report`
+    (a few words: tables must fit an 80-column terminal). fmt: a str.format spec for one value in
+    the console summary. kind: how the report shows a mean and its spread (a fraction in [0, 1] is
+    shown in percent). when: every epoch or once at the end of a run. scope: which runs log it
+    (all models, mixtures of experts only, or gates with a 2-D map only).
+    """
+
+    name: str
+    label: str
+    short: str
+    fmt: str
+    kind: Kind
+    when: When = "end"
+    scope: Scope = "all"
+
+    def format(self, value: float) -> str:
+        """One value as the console summary shows it."""
+        return self.fmt.format(value)
+
+
+# In the order of the console summary (and of docs/configuration.md).
+ALL: tuple[Metric, ...] = (
+    Metric(TRAIN_LOSS, "train loss", "train loss", "{:.4f}", "float", when="epoch"),
+    Metric(VAL_LOSS, "validation loss", "val loss", "{:.4f}", "float", when="epoch"),
+    Metric(VAL_ACC, "validation accuracy", "val acc %", "{:.4f}", "fraction", when="epoch"),
+    Metric(TEST_ACC, "test accuracy", "test acc %", "{:.4f}", "fraction"),
+    Metric(TEST_LOSS, "test loss", "test loss", "{:.4f}", "float"),
+    Metric(PARAMS_TOTAL, "params total", "params", "{:,.0f}", "count"),
+    Metric(PARAMS_NONZERO, "params nonzero", "nonzero", "{:,.0f}", "count"),
+    Metric(PARAMS_ACTIVE, "params active / sample", "active/sample", "{:,.0f}", "count"),
+    Metric(FLOPS, "multiply-adds / sample", "MACs/sample", "{:,.0f}", "count"),
+    Metric(PRUNE_SPARSITY, "pruned fraction (targeted weights)", "pruned", "{:.4f}", "fraction"),
+    Metric(RATIO_VS_FCL, "params compression vs baseline", "vs FCL", "{:.2f}x", "ratio"),
+    Metric(SPARSE_BYTES, "exported file (bytes)", "file bytes", "{:,.0f}", "count"),
+    Metric(DENSE_BYTES, "baseline dense (bytes)", "dense bytes", "{:,.0f}", "count"),
+    Metric(BYTES_RATIO_VS_FCL, "file compression vs baseline", "file vs FCL", "{:.2f}x", "ratio"),
+    Metric(CSR_LAYERS, "layers run with CSR kernels", "CSR layers", "{:.0f}", "count"),
+    Metric(TRAIN_S, "train time (s)", "train s", "{:.1f}", "float"),
+    Metric(EPOCH_S, "epoch time (s)", "epoch s", "{:.2f}", "float"),
+    Metric(INFER_MS_B1, "inference, batch 1 (ms)", "ms b1", "{:.3f}", "float"),
+    Metric(INFER_MS_B256, "inference, batch 256 (ms)", "ms b256", "{:.3f}", "float"),
+    Metric(LOAD_CV2, "expert load CV^2", "load CV²", "{:.3f}", "float", scope="moe"),
+    Metric(LOAD_MAX_OVER_MEAN, "expert load max / mean", "load max/mean", "{:.2f}", "float", scope="moe"),
+    Metric(OUTPUT_CORR, "expert output correlation", "expert corr", "{:.3f}", "float", scope="moe"),
+    Metric(GATE_ENTROPY, "gate entropy (nats)", "gate entropy", "{:.3f}", "float", scope="moe"),
+    Metric(GATE_TSNE_KL, "gate t-SNE KL", "t-SNE KL", "{:.3f}", "float", scope="map"),
+    Metric(GATE_TRUSTWORTHINESS, "gate trustworthiness T(12)", "trust T(12)", "{:.4f}", "fraction", scope="map"),
+    Metric(GATE_KNN1_ACC, "gate 1-NN accuracy", "gate 1-NN %", "{:.4f}", "fraction", scope="map"),
+)
+BY_NAME: dict[str, Metric] = {m.name: m for m in ALL}
+
+# `ssmoe train`'s results table: the end-of-run metrics in ALL's order (the per-epoch ones are in
+# MLflow's charts), less two facts about the export rather than results (baseline bytes, CSR layers).
+SUMMARY: tuple[str, ...] = tuple(m.name for m in ALL if m.when == "end" and m.name not in (DENSE_BYTES, CSR_LAYERS))
+
+# `ssmoe report`'s columns, in order: accuracy and size first, then time and experts.
+REPORT: tuple[str, ...] = (
+    TEST_ACC,
+    PARAMS_NONZERO,
+    PARAMS_ACTIVE,
+    RATIO_VS_FCL,
+    BYTES_RATIO_VS_FCL,
+    EPOCH_S,
+    INFER_MS_B256,
+    LOAD_CV2,
+    OUTPUT_CORR,
+)
+# The report's expert-load plot (load_cv2 is also a column; max/mean only plotted).
+LOAD: tuple[str, ...] = (LOAD_CV2, LOAD_MAX_OVER_MEAN)
+
+
+def get(name: str) -> Metric:
+    """The spec of a metric name; an auxiliary loss gets a generic one. KeyError for unknown names."""
+    if name.startswith(TRAIN_AUX_PREFIX):
+        aux = name[len(TRAIN_AUX_PREFIX) :]
+        return Metric(name, f"auxiliary loss {aux}", aux, "{:.4f}", "float", when="epoch")
+    return BY_NAME[name]
