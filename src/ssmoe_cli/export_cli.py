@@ -18,10 +18,10 @@ from ssmoe_cli.errors import SsmoeError
 
 
 def export_run(run_dir: Path, output: Path | None) -> Path:
-    import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from ssmoe_cli.checkpoint import load_checkpoint
     from ssmoe_cli.export import export_model
 
     config_file, ckpt = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
@@ -31,7 +31,7 @@ def export_run(run_dir: Path, output: Path | None) -> Path:
     full = OmegaConf.load(config_file)
     model_config = OmegaConf.to_container(full.model, resolve=True)
     model = instantiate(model_config)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_checkpoint(ckpt).get("state_dict", {})
     # The LightningModule holds the network as `.model`; its metrics' states are not the network's.
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     path = output or run_dir / "model.safetensors"
