@@ -7,8 +7,19 @@ all, and the CLI prints them and exits with code 2. Only what Hydra cannot know 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
+
+
+def is_number(value: Any) -> bool:
+    """A finite real number: inf and nan (which YAML and the command line accept as floats) are not,
+    nor are booleans (an int subclass) or strings."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
@@ -29,17 +40,26 @@ def validate(cfg: Mapping[str, Any], gpu_available: Callable[[], bool] | None = 
         if value is not None and not ok(value):
             errors.append(f"{key}={value!r}: {allowed}")
 
+    # Every numeric check goes through is_number first, so inf, nan and text fail each of them.
     def positive(key: str) -> None:
-        check(key, lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0, "must be > 0")
+        check(key, lambda v: is_number(v) and v > 0, "must be a finite number > 0")
 
     def sizes(key: str) -> None:
-        check(key, lambda v: all(isinstance(s, int) and s > 0 for s in v), "sizes must be integers > 0")
+        check(
+            key,
+            lambda v: isinstance(v, list) and all(is_integer(s) and s > 0 for s in v),
+            "sizes must be integers > 0",
+        )
 
     def fraction(key: str) -> None:
-        check(key, lambda v: 0 <= v < 1, "must be in [0, 1)")
+        check(key, lambda v: is_number(v) and 0 <= v < 1, "must be in [0, 1)")
 
+    def positive_int(key: str) -> None:
+        check(key, lambda v: is_integer(v) and v > 0, "must be an integer > 0")
+
+    for key in ("optim.lr", "gating.perplexity", "gating.pretrain_lr"):
+        positive(key)
     for key in (
-        "optim.lr",
         "trainer.max_epochs",
         "data.batch_size",
         "data.eval_batch_size",
@@ -47,18 +67,17 @@ def validate(cfg: Mapping[str, Any], gpu_available: Callable[[], bool] | None = 
         "data.num_classes",
         "model.num_experts",
         "gating.tsne_batch_size",
-        "gating.perplexity",
-        "gating.pretrain_lr",
     ):
-        positive(key)
-    check("optim.weight_decay", lambda v: v >= 0, "must be >= 0")
-    check("gating.pretrain_epochs", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+        positive_int(key)
+    check("seed", lambda v: is_integer(v) and 0 <= v < 2**32, f"must be an integer in [0, {2**32 - 1}] (seed=1)")
+    check("optim.weight_decay", lambda v: is_number(v) and v >= 0, "must be a finite number >= 0")
+    check("gating.pretrain_epochs", lambda v: is_integer(v) and v >= 0, "must be an integer >= 0")
     for key in ("model.hidden", "model.expert_hidden", "gating.hidden", "baseline.hidden"):
         sizes(key)
     for key in ("prune.target_sparsity", "prune.initial_sparsity"):
         fraction(key)
-    check("prune.density", lambda v: 0 < v <= 1, "must be in (0, 1] (the kept fraction)")
-    check("prune.rounds", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+    check("prune.density", lambda v: is_number(v) and 0 < v <= 1, "must be in (0, 1] (the kept fraction)")
+    check("prune.rounds", lambda v: is_integer(v) and v >= 1, "must be an integer >= 1")
 
     experts, k = _get(cfg, "model.num_experts"), _get(cfg, "model.k")
     if isinstance(experts, int) and k is not None and not (isinstance(k, int) and 1 <= k <= experts):
@@ -71,13 +90,13 @@ def validate(cfg: Mapping[str, Any], gpu_available: Callable[[], bool] | None = 
     if isinstance(fan_out, int) and hidden and not 0 <= fan_out <= hidden[0]:
         errors.append(f"topology.fan_out={fan_out}: must be in [0, {hidden[0]}] (the experts' first hidden size)")
     perplexity, tsne_batch = _get(cfg, "gating.perplexity"), _get(cfg, "gating.tsne_batch_size")
-    if isinstance(perplexity, int | float) and isinstance(tsne_batch, int) and perplexity >= tsne_batch:
+    if is_number(perplexity) and is_integer(tsne_batch) and perplexity >= tsne_batch:
         errors.append(
             f"gating.perplexity={perplexity}: must be < gating.tsne_batch_size={tsne_batch} "
             "(a point cannot have more effective neighbours than its batch holds)"
         )
     target, initial = _get(cfg, "prune.target_sparsity"), _get(cfg, "prune.initial_sparsity")
-    in_range = all(isinstance(v, int | float) and 0 <= v < 1 for v in (target, initial))
+    in_range = all(is_number(v) and 0 <= v < 1 for v in (target, initial))
     if in_range and initial > target:
         errors.append(
             f"prune.target_sparsity={target}: below prune.initial_sparsity={initial}, which the schedule "
