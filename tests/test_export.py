@@ -56,16 +56,30 @@ def test_file_is_smaller_than_dense_above_two_thirds_sparsity(tmp_path):
     assert dense / size95 > 5  # values (4 B) + int16 column index (2 B) per nonzero
 
 
-def test_loader_refuses_foreign_targets_and_bad_files(tmp_path):
-    model = fcl(0.5)
-    export_model(model, {**FCL_CFG, "_target_": "os.system"}, tmp_path / "evil.safetensors")
-    with pytest.raises(SsmoeError, match="not an ssmoe_cli class"):
-        load_model(tmp_path / "evil.safetensors")
-    with pytest.raises(SsmoeError, match="not an ssmoe_cli class"):  # trusting another class is no blank cheque
-        load_model(tmp_path / "evil.safetensors", trusted_targets=["my_gates.CosineGate"])
+def test_loader_refuses_bad_files_with_one_error(tmp_path):
+    # Crafted configs (code in the metadata) are tests/test_security.py's.
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(SsmoeError, match="cannot read"):
         load_model(tmp_path / "junk.safetensors")
+    export_model(fcl(0.5), {**FCL_CFG, "hidden": [300, 99]}, tmp_path / "mismatch.safetensors")
+    with pytest.raises(SsmoeError, match="tensors do not fit its model config"):
+        load_model(tmp_path / "mismatch.safetensors")
+
+
+def test_preprocessing_travels_with_the_file_and_old_files_have_none(tmp_path):
+    from ssmoe_cli.data.preprocessing import Preprocessing
+    from ssmoe_cli.export import Preprocessed
+
+    model = fcl(0.9)
+    prep = Preprocessing(784, mean=72.9, std=90.0, class_names=tuple("abcdefghij"))
+    export_model(model, FCL_CFG, tmp_path / "m.safetensors", preprocessing=prep)
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert isinstance(loaded, Preprocessed) and loaded.class_names == tuple("abcdefghij")
+    raw = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)  # images as the dataset stores them
+    expected = model((raw.reshape(5, -1).float() - 72.9) / 90.0).logits
+    assert torch.allclose(loaded(raw).logits, expected, atol=1e-5)
+    export_model(model, FCL_CFG, tmp_path / "old.safetensors")  # as files written before
+    assert isinstance(load_model(tmp_path / "old.safetensors"), FCL)
 
 
 def test_no_pickle_in_the_file(tmp_path):
@@ -160,6 +174,7 @@ def test_ssmoe_export_rebuilds_a_run_from_its_checkpoint(run_cli, tmp_path):
     assert "layers as CSR" in out
     # Same weights as the file `ssmoe train` wrote at the end of the run.
     a, b = load_model(run_dir / "model.safetensors", False), load_model(tmp_path / "again.safetensors", False)
+    a, b = getattr(a, "model", a), getattr(b, "model", b)  # the networks behind any preprocessing
     x = torch.randn(8, 64)
     assert torch.equal(a(x).logits, b(x).logits)
     info = run_cli("export", "--info", str(tmp_path / "again.safetensors")).stdout

@@ -8,7 +8,9 @@ batches by indexing whole tensors (no per-sample collation: the datasets are sma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -24,6 +26,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from ssmoe_cli.data.preprocessing import Preprocessing, numbered_classes
 from ssmoe_cli.errors import SsmoeError
 
 
@@ -101,6 +104,27 @@ class TensorDataModule(pl.LightningDataModule):
     # -- to implement per dataset ---------------------------------------------------------------
     def load(self) -> Arrays:
         raise NotImplementedError
+
+    @property
+    def class_names(self) -> Sequence[str]:
+        """What each label means (datasets whose labels are digits keep this default)."""
+        return numbered_classes(self.num_classes)
+
+    # -- what the network's inputs are ------------------------------------------------------------
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How setup() turns the raw inputs `load()` returns into the network's inputs."""
+        if self.train_set is None:
+            raise RuntimeError("call setup() before asking for the preprocessing")
+        return Preprocessing(self.in_features, self.mean, self.std, tuple(self.class_names))
+
+    def state_dict(self) -> dict[str, Any]:
+        # Lightning stores this in every checkpoint, so `ssmoe export RUN_DIR` can give the file the
+        # run's preprocessing without rebuilding the data module from the run's config.
+        return {"preprocessing": self.preprocessing.to_json()} if self.train_set is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: setup() recomputes the same statistics (fixed split_seed)."""
 
     # -- shared machinery -------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

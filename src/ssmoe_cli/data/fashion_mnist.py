@@ -18,3 +18,16 @@ class FashionMNIST(IdxDataModule):
     }
     system_dir = Path("/usr/share/datasets/fashion-mnist")
     debian_package = "apt-get install dataset-fashion-mnist"
+    # Label meanings from the dataset's README (Xiao et al. 2017).
+    class_names = (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    )

@@ -1,24 +1,25 @@
-"""Sparse export: a trained model as one compact safetensors file, rebuilt from weights only, and
-run with sparse (CSR) kernels where they are faster.
+"""The exported file: write a model as safetensors, read it back as data, rebuild it from the registry.
 
-File layout (format "ssmoe-sparse/1"):
+Format "ssmoe-sparse/1":
 - every masked layer's weight (as the forward pass uses it: weight * mask) is stored either dense
   or as CSR parts of its 2-D view (rows = out, or experts x out for stacked experts):
   `<key>::values` (float), `<key>::col` and `<key>::crow` (the smallest integer dtype that fits),
   whichever is smaller; masks are not stored (a loaded layer's mask is `weight != 0`);
 - every other tensor of the state dict (biases, centres, route indices...) dense;
-- metadata: the format, the model's config (`_target_` tree) as JSON, and which keys are CSR.
+- metadata: the format, the model's config (`_target_` tree) as JSON, which keys are CSR, and
+  (files written since the preprocessing was added) `preprocessing`: how raw inputs become the
+  network's inputs, with the class names. Files without it load as before and take inputs already
+  standardised as in training.
 
-Loading never unpickles anything: safetensors holds raw tensors, and the model is rebuilt by
-instantiating its config, whose `_target_`s must be classes inside the `ssmoe_cli` package.
+Loading never runs code the file chooses: safetensors holds raw tensors (no pickle), and the model
+is built by ssmoe_cli.models.registry, which only calls the model, gate and topology classes ssmoe
+defines with arguments of their declared types (never hydra.utils.instantiate, never an import).
 """
 
 from __future__ import annotations
 
 import json
-import time
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssmoe_cli.data.preprocessing import Preprocessing
 from ssmoe_cli.errors import SsmoeError
-from ssmoe_cli.models.layers import ExpertLinear, Masked, MaskedLinear
+from ssmoe_cli.export.kernels import quiet_csr, to_csr, use_sparse_kernels
+from ssmoe_cli.models.layers import Masked
 
 FORMAT = "ssmoe-sparse/1"
-_SEP = "::"
+SEP = "::"
 
 
 def index_dtype(max_value: int) -> torch.dtype:
@@ -49,15 +52,22 @@ class ExportInfo:
     dense_tensors: int
 
 
+class Preprocessed(nn.Module):
+    """An exported network behind its preprocessing: takes the dataset's raw inputs (any shape that
+    flattens to the network's input size, any numeric dtype) and returns the network's output."""
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocessing = preprocessing
+        self.class_names = preprocessing.class_names
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model(self.preprocessing.apply(x))
+
+
 def _masked_weights(model: nn.Module) -> dict[str, Masked]:
     return {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Masked)}
-
-
-def to_csr(weight: torch.Tensor) -> torch.Tensor:
-    """CSR of a 2-D tensor, without torch's "CSR support is in beta" warning on every call."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return weight.to_sparse_csr()
 
 
 def _csr_parts(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -74,8 +84,11 @@ def _nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def export_model(model: nn.Module, model_config: Mapping[str, Any], path: str | Path) -> ExportInfo:
-    """Write `model` to `path` (see the module docstring). `model_config` rebuilds it (`_target_`)."""
+def export_model(
+    model: nn.Module, model_config: Mapping[str, Any], path: str | Path, preprocessing: Preprocessing | None = None
+) -> ExportInfo:
+    """Write `model` to `path` (see the module docstring). `model_config` rebuilds it (`_target_`
+    tree of registered classes); `preprocessing` (the data module's) lets the file take raw inputs."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -91,40 +104,29 @@ def export_model(model: nn.Module, model_config: Mapping[str, Any], path: str | 
             value = masked[key].masked_weight().detach().cpu()
             parts = _csr_parts(value)
             if _nbytes(parts) < value.numel() * value.element_size():
-                tensors.update({f"{key}{_SEP}{part}": t for part, t in parts.items()})
+                tensors.update({f"{key}{SEP}{part}": t for part, t in parts.items()})
                 csr[key] = list(value.shape)
                 continue
         tensors[key] = value.contiguous()
     metadata = {"format": FORMAT, "model_config": json.dumps(model_config), "csr": json.dumps(csr)}
+    if preprocessing is not None:
+        metadata["preprocessing"] = preprocessing.to_json()
     save_file(tensors, str(path), metadata=metadata)
     return ExportInfo(path, path.stat().st_size, len(csr), len(tensors) - 3 * len(csr))
 
 
-def config_targets(node: Any) -> set[str]:
-    """Every `_target_` in a config tree."""
-    if isinstance(node, Mapping):
-        found = {str(node["_target_"])} if "_target_" in node else set()
-        return found.union(*(config_targets(v) for v in node.values()))
-    if isinstance(node, list):
-        return set().union(*(config_targets(v) for v in node))
-    return set()
+@dataclass(frozen=True)
+class ExportFile:
+    """An exported file's parts, as read (nothing built yet)."""
+
+    model_config: Any
+    csr: dict[str, list[int]]
+    preprocessing: Preprocessing | None
+    tensors: dict[str, torch.Tensor]
 
 
-def _check_targets(config: Any, trusted: Sequence[str]) -> None:
-    """Only trusted classes may be built from a file: ssmoe's own, plus those the caller names."""
-    for target in sorted(config_targets(config)):
-        if not (target.startswith("ssmoe_cli.") or target in trusted):
-            raise SsmoeError(
-                f"refusing to load: _target_ '{target}' is not an ssmoe_cli class "
-                "(pass it in trusted_targets if you trust this file)"
-            )
-
-
-def load_model(path: str | Path, sparse_kernels: bool = True, trusted_targets: Sequence[str] = ()) -> nn.Module:
-    """Rebuild an exported model in eval mode; with `sparse_kernels`, swap in CSR layers where faster.
-
-    The file's config may only name ssmoe_cli classes and the `trusted_targets` (e.g. your own gate)."""
-    from hydra.utils import instantiate
+def read_export(path: str | Path) -> ExportFile:
+    """Read and parse an exported file; anything malformed is one SsmoeError naming the file."""
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
@@ -137,117 +139,57 @@ def load_model(path: str | Path, sparse_kernels: bool = True, trusted_targets: S
         raise SsmoeError(f"cannot read the exported model {path}: {exc}") from None
     if metadata.get("format") != FORMAT:
         raise SsmoeError(f"{path} is not an ssmoe export (format {metadata.get('format')!r}, expected {FORMAT})")
-    config = json.loads(metadata["model_config"])
-    _check_targets(config, trusted_targets)
-    model = instantiate(config)
+    try:
+        config, csr = json.loads(metadata["model_config"]), json.loads(metadata["csr"])
+    except (KeyError, ValueError) as exc:
+        raise SsmoeError(f"{path}: damaged metadata ({exc})") from None
+    if not (isinstance(csr, dict) and all(_shape(s) for s in csr.values())):
+        raise SsmoeError(f"{path}: damaged metadata (csr)")
+    raw = metadata.get("preprocessing")
+    preprocessing = Preprocessing.from_json(raw) if raw is not None else None
+    return ExportFile(config, csr, preprocessing, tensors)
+
+
+def _shape(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
+def load_model(
+    path: str | Path, sparse_kernels: bool = True, trusted: Iterable[type] = (), trusted_targets: Iterable[str] = ()
+) -> nn.Module:
+    """Rebuild an exported model in eval mode; with `sparse_kernels`, swap in CSR layers where faster.
+
+    The file's config may only build the classes of ssmoe_cli.models.registry, plus the class
+    objects in `trusted` (e.g. your own gate class, imported by you), matched by exact name. A file
+    with preprocessing loads as a `Preprocessed` model that takes the dataset's raw inputs.
+    `trusted_targets` (dotted strings) is ignored: a name never selects code; pass classes."""
+    from ssmoe_cli.models.registry import build
+
+    path = Path(path)
+    exported = read_export(path)
+    try:
+        model = build(exported.model_config, trusted, where="model_config")
+    except SsmoeError as exc:
+        raise SsmoeError(f"refusing to load {path}: {exc}") from None
+    tensors = dict(exported.tensors)
     state = {}
-    for key, shape in json.loads(metadata["csr"]).items():
-        values, col, crow = (tensors.pop(f"{key}{_SEP}{p}") for p in ("values", "col", "crow"))
-        rows = int(torch.tensor(shape[:-1]).prod())
-        # Invariants checked: a crafted file cannot make the kernel read out of bounds.
-        csr = torch.sparse_csr_tensor(crow.long(), col.long(), values, size=(rows, shape[-1]), check_invariants=True)
-        state[key] = csr.to_dense().reshape(shape)
-    state.update(tensors)
-    for key in _masked_weights(model):
-        state[key[: -len(".weight")] + ".mask"] = state[key] != 0
-    model.load_state_dict(state)
+    try:
+        for key, shape in exported.csr.items():
+            values, col, crow = (tensors.pop(f"{key}{SEP}{p}") for p in ("values", "col", "crow"))
+            rows = int(torch.tensor(shape[:-1]).prod())
+            # Invariants checked: a crafted file cannot make the kernel read out of bounds.
+            with quiet_csr():
+                csr = torch.sparse_csr_tensor(
+                    crow.long(), col.long(), values, size=(rows, shape[-1]), check_invariants=True
+                )
+            state[key] = csr.to_dense().reshape(shape)
+        state.update(tensors)
+        for key in _masked_weights(model):
+            state[key[: -len(".weight")] + ".mask"] = state[key] != 0
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError) as exc:  # missing parts, bad CSR, shapes that do not match
+        raise SsmoeError(f"{path}: its tensors do not fit its model config ({str(exc).splitlines()[0]})") from None
     model.eval()
     if sparse_kernels:
         use_sparse_kernels(model)
-    return model
-
-
-# -- sparse inference --------------------------------------------------------------------------------
-class CSRLinear(nn.Module):
-    """Inference-only MaskedLinear with its weight in CSR: y = (W_csr @ x^T)^T + b."""
-
-    def __init__(self, layer: MaskedLinear) -> None:
-        super().__init__()
-        self.weight_csr = to_csr(layer.masked_weight().detach())
-        self.bias = layer.bias
-        self.role = layer.role
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A contiguous x^T makes the CSR kernel 2x faster than a strided view (measured, torch 2.13 CPU).
-        out = torch.sparse.mm(self.weight_csr, x.reshape(-1, x.shape[-1]).T.contiguous()).T
-        out = out.reshape(*x.shape[:-1], -1)
-        return out + self.bias if self.bias is not None else out
-
-
-class CSRExpertLinear(nn.Module):
-    """Inference-only ExpertLinear: the E expert matrices as one block-diagonal CSR matrix, so all
-    experts run in one sparse matmul. Keeps the dense weight for readers of single rows (routes)."""
-
-    def __init__(self, layer: ExpertLinear) -> None:
-        super().__init__()
-        w = layer.masked_weight().detach()
-        self.num_experts, self.out_features, self.in_features = w.shape
-        self.dense_weight = w
-        self.bias = layer.bias
-        self.role = layer.role
-        blocks = [w[e].to_sparse_coo() for e in range(self.num_experts)]
-        rows = torch.cat([b.indices()[0] + e * self.out_features for e, b in enumerate(blocks)])
-        cols = torch.cat([b.indices()[1] + e * self.in_features for e, b in enumerate(blocks)])
-        vals = torch.cat([b.values() for b in blocks])
-        size = (self.num_experts * self.out_features, self.num_experts * self.in_features)
-        self.weight_csr = to_csr(torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, size).coalesce())
-
-    def masked_weight(self) -> torch.Tensor:
-        return self.dense_weight
-
-    def gather_rows(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """As ExpertLinear.gather_rows (route units read single rows: the dense copy serves them)."""
-        w = self.dense_weight.reshape(-1, self.in_features)[units]
-        return w, (self.bias.reshape(-1)[units] if self.bias is not None else None)
-
-    def forward(self, x: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
-        if experts is not None:  # per-pair dispatch: a few gathered experts, dense is the right kernel
-            b = self.bias[experts].unsqueeze(1) if self.bias is not None else 0
-            return torch.bmm(x, self.dense_weight[experts].transpose(1, 2)) + b
-        e, n, d = x.shape
-        out = torch.sparse.mm(self.weight_csr, x.transpose(1, 2).reshape(e * d, n).contiguous())  # (E*out, N)
-        out = out.reshape(e, self.out_features, n).transpose(1, 2)
-        return out + self.bias.unsqueeze(1) if self.bias is not None else out
-
-
-def _median_ms(fn, x: torch.Tensor, repeats: int = 15) -> float:
-    with torch.inference_mode():
-        for _ in range(3):
-            fn(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
-
-
-def use_sparse_kernels(
-    model: nn.Module, batch_size: int = 256, min_sparsity: float = 0.5, min_speedup: float = 1.1
-) -> dict[str, bool]:
-    """Replace each masked layer by its CSR version where a quick measurement at `batch_size` shows
-    it faster (by `min_speedup`); layers below `min_sparsity` are not tried. Returns the decisions."""
-    decisions: dict[str, bool] = {}
-    for name, layer in list(model.named_modules()):
-        if not isinstance(layer, MaskedLinear | ExpertLinear):
-            continue
-        if 1 - layer.nonzero_weights() / layer.weight.numel() < min_sparsity:
-            decisions[name] = False
-            continue
-        device = layer.weight.device
-        if isinstance(layer, MaskedLinear):
-            sparse, x = CSRLinear(layer), torch.randn(batch_size, layer.in_features, device=device)
-        else:
-            rows = max(1, batch_size // layer.num_experts)
-            sparse = CSRExpertLinear(layer)
-            x = torch.randn(layer.num_experts, rows, layer.in_features, device=device)
-        faster = _median_ms(layer, x) > min_speedup * _median_ms(sparse, x)
-        decisions[name] = faster
-        if faster:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if isinstance(parent, nn.ModuleList | nn.Sequential):
-                parent[int(child)] = sparse
-            else:
-                setattr(parent, child, sparse)
-    return decisions
+    return Preprocessed(model, exported.preprocessing).eval() if exported.preprocessing else model

@@ -1,0 +1,210 @@
+"""The model classes a file may name, and the argument types each takes: loading builds only these.
+
+A model file (`model.safetensors`) or a run's `config.yaml` describes its network as a config tree
+in Hydra's `_target_` style. Such a file is data from anywhere, so it is never given to
+`hydra.utils.instantiate`: Hydra resolves any dotted path, through module attributes too, so a
+`_target_` such as `ssmoe_cli.data.idx_dataset.shutil.copyfile` with `_args_` would copy files.
+`build` instead looks each `_target_` up, as an exact string, in the table below (or among class
+objects the caller already holds, see `build`), checks every argument against that class's
+declared types, and calls the class itself. Nothing else in a file can reach code: no dotted
+path is ever imported, and `_args_`, `_partial_`, `_recursive_`, `_convert_` or any key the class
+does not declare is refused.
+
+A new model, gate or topology of ssmoe is one row here (a test checks that the rows match the
+shipped conf/ and the classes' signatures).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from ssmoe_cli.errors import SsmoeError
+
+TARGET = "_target_"
+
+
+@dataclass(frozen=True)
+class Arg:
+    """The values one argument accepts: a short description and a test of a plain (JSON) value."""
+
+    kind: str
+    accepts: Callable[[Any], bool]
+    nested: str | None = None  # a nested config of this kind ("gate", "topology") instead of a value
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _float(v: Any) -> bool:
+    return (_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _either(*options: Arg) -> Arg:
+    return Arg(" or ".join(o.kind for o in options), lambda v: any(o.accepts(v) for o in options))
+
+
+INT = Arg("an integer", _int)
+FLOAT = Arg("a finite number", _float)
+BOOL = Arg("true or false", lambda v: isinstance(v, bool))
+STR = Arg("a string", lambda v: isinstance(v, str))
+NONE = Arg("null", lambda v: v is None)
+INTS = Arg("a list of integers", lambda v: isinstance(v, list) and all(_int(x) for x in v))
+GATE = Arg("a gate config", lambda v: isinstance(v, Mapping), nested="gate")
+TOPOLOGY = Arg("a topology config", lambda v: isinstance(v, Mapping), nested="topology")
+
+
+@dataclass(frozen=True)
+class Entry:
+    target: str  # the `_target_` files and conf/ name it by
+    kind: str  # "model" | "gate" | "topology"
+    cls: type
+    args: Mapping[str, Arg]
+
+
+@cache
+def registry() -> dict[str, Entry]:
+    """Every class a model file or run config may build, by its exact `_target_`."""
+    # Imported here, not at module level: `ssmoe --help` must not pay for torch.
+    from ssmoe_cli.models.fcl import FCL
+    from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
+    from ssmoe_cli.models.gating.ptsne import PTSNEGate
+    from ssmoe_cli.models.gating.softmax import SoftmaxGate
+    from ssmoe_cli.models.moe import MixtureOfExperts
+    from ssmoe_cli.models.topology.erdos_renyi import ErdosRenyi
+    from ssmoe_cli.models.topology.full import Full
+    from ssmoe_cli.models.topology.isolated import Isolated
+    from ssmoe_cli.models.topology.small_world import SmallWorld
+
+    gate_base = {"in_features": INT, "num_experts": INT, "k": INT}
+    entries = [
+        Entry("ssmoe_cli.models.fcl.FCL", "model", FCL,
+              {"in_features": INT, "num_classes": INT, "hidden": INTS, "dropout": FLOAT}),
+        Entry("ssmoe_cli.models.moe.MixtureOfExperts", "model", MixtureOfExperts, {
+            "in_features": INT, "num_classes": INT, "gate": GATE, "topology": _nullable(TOPOLOGY),
+            "num_experts": INT, "k": INT, "expert_hidden": INTS, "dispatch": STR,
+            "dense_max_ratio": FLOAT, "capacity_factor": _either(FLOAT, NONE), "seed": INT,
+        }),
+        Entry("ssmoe_cli.models.gating.noisy_topk.NoisyTopKGate", "gate", NoisyTopKGate, {
+            **gate_base, "noisy": BOOL, "noise_epsilon": FLOAT, "w_importance": FLOAT, "w_load": FLOAT,
+        }),
+        Entry("ssmoe_cli.models.gating.ptsne.PTSNEGate", "gate", PTSNEGate, {
+            **gate_base, "hidden": INTS, "centres": STR, "temperature": _either(FLOAT, STR),
+            "temperature_margin": FLOAT, "schedule": STR, "freeze": BOOL, "pretrain_epochs": INT,
+            "pretrain_lr": FLOAT, "tsne_batch_size": INT, "perplexity": FLOAT,
+            "neighbors": _either(INT, STR, NONE), "dof": FLOAT, "early_exaggeration": FLOAT,
+            "exaggeration_epochs": INT, "tsne_weight": FLOAT, "tsne_samples": _either(INT, NONE),
+        }),
+        Entry("ssmoe_cli.models.gating.softmax.SoftmaxGate", "gate", SoftmaxGate,
+              {"in_features": INT, "num_experts": INT, "k": _either(INT, NONE)}),
+        Entry("ssmoe_cli.models.topology.full.Full", "topology", Full, {"fan_out": INT}),
+        Entry("ssmoe_cli.models.topology.isolated.Isolated", "topology", Isolated, {}),
+        Entry("ssmoe_cli.models.topology.erdos_renyi.ErdosRenyi", "topology", ErdosRenyi,
+              {"link_prob": FLOAT, "fan_out": INT}),
+        Entry("ssmoe_cli.models.topology.small_world.SmallWorld", "topology", SmallWorld,
+              {"degree": INT, "rewire_p": FLOAT, "fan_out": INT}),
+    ]  # fmt: skip
+    return {e.target: e for e in entries}
+
+
+def _nullable(arg: Arg) -> Arg:
+    return Arg(f"{arg.kind} or null", lambda v: v is None or arg.accepts(v), arg.nested)
+
+
+def _plain(value: Any) -> bool:
+    """A value of a class the registry does not describe: scalars and lists of scalars only."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _entry_for_class(cls: type, kind: str) -> Entry:
+    """An Entry for a class object the caller trusts (a run's own gate, say): its parameter names
+    from its signature, each a plain value or a nested config (the file chooses nothing else)."""
+    params = inspect.signature(cls).parameters.values()
+    args = {
+        p.name: _either(Arg("a plain value", _plain), Arg("a nested config", lambda v: isinstance(v, Mapping)))
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return Entry(_name(cls), kind, cls, args)
+
+
+def build(config: Any, trusted: Iterable[type] = (), where: str = "model") -> Any:
+    """Build the object a `_target_` config tree describes, from registered classes only.
+
+    `trusted` adds class objects the caller already holds (e.g. the classes of the model a
+    training job built from its own config), matched by their exact `module.QualName`; strings in
+    the file never import anything. Raises SsmoeError naming the offending key for anything else.
+    """
+    extra = {_name(c): c for c in trusted}
+    return _build(config, where, None, extra)
+
+
+def _build(config: Any, where: str, kind: str | None, extra: Mapping[str, type]) -> Any:
+    if not isinstance(config, Mapping):
+        raise SsmoeError(f"{where} must be a config with a {TARGET}, got {type(config).__name__}")
+    target = config.get(TARGET)
+    entry = registry().get(target) if isinstance(target, str) else None
+    if entry is None and isinstance(target, str) and target in extra:
+        entry = _entry_for_class(extra[target], kind or "model")
+    if entry is None:
+        kinds = kind or "model"
+        raise SsmoeError(
+            f"{where}.{TARGET}={target!r} is not a {kinds} class ssmoe defines; a model file or run "
+            f"config may only build the classes listed in ssmoe_cli/models/registry.py"
+        )
+    if kind is not None and entry.kind != kind:
+        raise SsmoeError(f"{where}.{TARGET}={target!r} is a {entry.kind}, but {where} must be a {kind}")
+    kwargs: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == TARGET:
+            continue
+        arg = entry.args.get(key) if isinstance(key, str) and not key.startswith("_") else None
+        if arg is None:
+            raise SsmoeError(
+                f"{where}.{key}: {target} takes no argument {key!r} "
+                f"(it takes {', '.join(entry.args) or 'none'}; Hydra's _args_, _partial_ and the like are refused)"
+            )
+        if not arg.accepts(value):
+            raise SsmoeError(f"{where}.{key} must be {arg.kind}, got {value!r:.80}")
+        if isinstance(value, Mapping):
+            value = _build(value, f"{where}.{key}", arg.nested, extra)
+        kwargs[key] = value
+    try:
+        return entry.cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SsmoeError(f"{where} ({target}) cannot be built from these arguments: {exc}") from None
+
+
+def config_targets(node: Any) -> set[str]:
+    """Every `_target_` string in a config tree."""
+    if isinstance(node, Mapping):
+        found = {str(node[TARGET])} if TARGET in node else set()
+        return found.union(*(config_targets(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(config_targets(v) for v in node))
+    return set()
+
+
+def classes_of(model: Any, config: Mapping[str, Any]) -> set[type]:
+    """The classes of a built model's parts (its modules and the plain objects they hold, such as a
+    topology) that its own config names: what a training job may trust when it reloads the file
+    it has just written from that model. Class objects, never strings to import."""
+    from torch import nn
+
+    named = config_targets(config)
+    parts: list[Any] = []
+    for module in model.modules() if isinstance(model, nn.Module) else ():
+        parts.append(module)
+        parts.extend(v for v in vars(module).values() if not isinstance(v, nn.Module))
+    return {type(p) for p in parts if _name(type(p)) in named}
