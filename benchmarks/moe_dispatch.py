@@ -16,17 +16,14 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
-from ssmoe_cli.models.gating.base import GateOutput
+from ssmoe_cli.models.gating.base import Gate, GateOutput
 from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
 from ssmoe_cli.models.moe import MixtureOfExperts
 
 
-class UniformGate(nn.Module):
+class UniformGate(Gate):
     """Routes each sample to k distinct experts drawn at random, equal weights (benchmark only)."""
-
-    positions = None
 
     def __init__(self, num_experts: int, k: int) -> None:
         super().__init__()

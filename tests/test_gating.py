@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from sklearn.manifold import trustworthiness
 
-from ssmoe_cli.models.gating import GateOutput, topk_softmax
-from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate, cv_squared
+from ssmoe_cli.models.gating import GateOutput, cv_squared, topk_softmax
+from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
 from ssmoe_cli.models.gating.ptsne import PTSNEGate, grid, kmeans
 from ssmoe_cli.models.gating.softmax import SoftmaxGate
 from ssmoe_cli.models.gating.tsne import kl_divergence

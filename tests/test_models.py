@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmoe_cli.accounting import dense_accounting, nonzero_params, total_params
+from ssmoe_cli.models.accounting import dense_accounting, nonzero_params, total_params
 from ssmoe_cli.models.fcl import FCL
 from ssmoe_cli.models.layers import MaskedLinear
 

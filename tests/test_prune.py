@@ -11,9 +11,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ssmoe_cli.accounting import account, dense_accounting, total_params
 from ssmoe_cli.data.synthetic import Synthetic
 from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.models.accounting import account, dense_accounting, total_params
+from ssmoe_cli.models.base import routing_of
 from ssmoe_cli.models.fcl import FCL
 from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
 from ssmoe_cli.models.moe import MixtureOfExperts
@@ -35,7 +36,6 @@ from ssmoe_cli.prune import (
     std_prune,
     target_layers,
 )
-from ssmoe_cli.prune.stochasticnet import expert_positions
 
 IN, CLASSES = 12, 5
 ALL_ROLES = ["hidden", "output", "route", "gate"]
@@ -114,10 +114,10 @@ def test_oneshot_schedule_is_one_event_at_start():
 
 
 def test_schedule_check_names_the_keys_and_the_fix():
-    s = Schedule("iterative", target=0.9, rounds=3, start=10, every=2)
-    s.check(17, min_retrain=3)  # last event at epoch 14, three epochs left: fits
+    s = Schedule("iterative", target=0.9, rounds=3, start=10, every=2, min_retrain=3)
+    s.check(17)  # last event at epoch 14, three epochs left: fits
     with pytest.raises(SsmoeError) as err:
-        s.check(16, min_retrain=3)
+        s.check(16)
     msg = str(err.value)
     assert "\n" not in msg
     assert "trainer.max_epochs >= 17" in msg and "prune.start=10" in msg and "prune.every=2" in msg
@@ -399,8 +399,8 @@ def test_stochasticnet_fixes_the_graph_before_training():
 def test_distance_mode_keeps_more_routes_between_close_experts():
     model = moe(num_experts=12)
     model.route.set_mask(torch.ones_like(model.route.mask))  # every route column valid for the comparison
-    pos = expert_positions(model)
-    source = model.route_units // model.layers[0].out_features
+    routing = routing_of(model)
+    pos, source = routing.positions(), routing.route_columns
     dist = (pos.unsqueeze(1) - pos[source]).norm(dim=-1)  # (E, R)
     assert dist.unique().numel() > 2  # near and rewired far links both present
     kept = torch.zeros_like(dist)

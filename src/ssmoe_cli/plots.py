@@ -1,13 +1,18 @@
-"""PNG artifacts of a run: the gating map and the expert load (matplotlib, headless)."""
+"""PNG artifacts of a run: the gating map and the expert load (matplotlib, headless), and the one
+`pyplot()` every plotting module of ssmoe uses."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from ssmoe_cli.evaluation import GateView
+if TYPE_CHECKING:  # only a type here: `ssmoe report` uses pyplot() without importing torch
+    from ssmoe_cli.models.diagnostics import GateView
 
 
-def _pyplot():
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the headless Agg backend, imported on first use (it is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,11 +21,20 @@ def _pyplot():
     return plt
 
 
+def routing_plots(view: GateView | None, out_dir: Path) -> list[Path]:
+    """The plots of a routed model's view (gating_map.png when the gate has a map, expert_load.png)
+    in out_dir; none for a model without routing (no view)."""
+    if view is None:
+        return []
+    paths = [gating_map(view, out_dir / "gating_map.png"), expert_load(view, out_dir / "expert_load.png")]
+    return [p for p in paths if p is not None]
+
+
 def gating_map(view: GateView, path: Path, title: str = "") -> Path | None:
     """Test points in the gate's 2-D map coloured by class, expert centres, and their links."""
     if view.embedding is None:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
     pts = ax.scatter(view.embedding[:, 0], view.embedding[:, 1], c=view.labels, cmap="tab10", s=4, alpha=0.6)
     if view.centres is not None:
@@ -48,7 +62,7 @@ def gating_map(view: GateView, path: Path, title: str = "") -> Path | None:
 
 def expert_load(view: GateView, path: Path, title: str = "") -> Path:
     """Bar chart of the fraction of test assignments each expert receives."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(view.load)
     fig, ax = plt.subplots(figsize=(max(4, 0.35 * n + 2), 3.5), dpi=110)
     ax.bar(range(n), view.load.tolist(), color="tab:blue")

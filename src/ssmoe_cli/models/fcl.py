@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
-from ssmoe_cli.models.base import ModelOutput
+from ssmoe_cli.models.accounting import Accounting, dense_accounting
+from ssmoe_cli.models.base import Model, ModelOutput
 from ssmoe_cli.models.layers import mlp
 
 
-class FCL(nn.Module):
+class FCL(Model):
     """in_features -> hidden... -> num_classes, ReLU between layers, logits out (no softmax)."""
 
     def __init__(
@@ -23,3 +23,7 @@ class FCL(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         return ModelOutput(self.net(x), {})
+
+    def accounting(self, x: torch.Tensor | None = None) -> Accounting:
+        """Every sample uses every weight."""
+        return dense_accounting(self)

@@ -24,15 +24,17 @@ run each layer as one batched matmul:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmoe_cli.accounting import Accounting, nonzero_params, total_params
-from ssmoe_cli.models.base import ModelOutput
+from ssmoe_cli.models.accounting import Accounting, nonzero_params, total_params
+from ssmoe_cli.models.base import Model, ModelOutput, Routing
+from ssmoe_cli.models.gating.base import Gate
 from ssmoe_cli.models.layers import ExpertLinear, set_role
 from ssmoe_cli.models.topology import Topology
 from ssmoe_cli.models.topology.isolated import Isolated
@@ -40,12 +42,12 @@ from ssmoe_cli.models.topology.isolated import Isolated
 DISPATCH_MODES = ("auto", "dense", "capacity", "pairs")
 
 
-class MixtureOfExperts(nn.Module):
+class MixtureOfExperts(Model):
     def __init__(
         self,
         in_features: int,
         num_classes: int,
-        gate: nn.Module,
+        gate: Gate,
         topology: Topology | None = None,
         num_experts: int = 16,
         k: int = 2,
@@ -58,6 +60,10 @@ class MixtureOfExperts(nn.Module):
         super().__init__()
         if dispatch not in DISPATCH_MODES:
             raise ValueError(f"model.dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
+        if not isinstance(gate, Gate):
+            raise TypeError(
+                f"model.gate: {type(gate).__name__} is not a gate; a gate subclasses ssmoe_cli.models.gating.Gate"
+            )
         self.num_experts, self.k = num_experts, k
         self.gate = set_role(gate, "gate")
         self.topology = topology or Isolated()
@@ -80,7 +86,7 @@ class MixtureOfExperts(nn.Module):
     def _build_routes(self, generator: torch.Generator) -> None:
         """(Re)draw the links on the gate's current map; parameter shapes never change on a redraw."""
         hidden = self.layers[0].out_features
-        routes = self.topology.routes(self.num_experts, hidden, self.gate_positions(), generator)
+        routes = self.topology.routes(self.num_experts, hidden, self.gate.positions, generator)
         if self.route is None:
             self.route = ExpertLinear(self.num_experts, routes.width, self.layers[1].out_features, bias=False)
             self.route.role = "route"
@@ -94,16 +100,33 @@ class MixtureOfExperts(nn.Module):
         # Padding (experts with fewer in-links) is masked: it is no parameter and reads nothing.
         self.route.set_mask(routes.valid.unsqueeze(1).expand(-1, self.route.out_features, -1))
 
-    def gate_positions(self) -> torch.Tensor | None:
-        return getattr(self.gate, "positions", None)
-
     def prepare(self, x_train: torch.Tensor, generator: torch.Generator) -> None:
         """Before classification training: let the gate fit its map, then lay the links on it."""
-        prepare = getattr(self.gate, "prepare", None)
-        if callable(prepare):
-            prepare(x_train, generator)
-        if self.route is not None and self.topology.uses_positions and self.gate_positions() is not None:
+        self.gate.prepare(x_train, generator)
+        if self.route is not None and self.topology.uses_positions and self.gate.positions is not None:
             self._build_routes(generator)
+
+    # -- the model interface ------------------------------------------------------------------------
+    def routing(self) -> Routing:
+        hidden = self.layers[0].out_features
+        return Routing(
+            gate=self.gate,
+            in_links=self.route_sources,
+            route=self.route,
+            route_columns=self.route_units // hidden,
+            run_experts=self.experts,
+        )
+
+    @contextlib.contextmanager
+    def vmappable(self) -> Iterator[None]:
+        """Dense dispatch: vmap sees batches of one sample, where capacity dispatch never overflows
+        and computes the same function, but its buffer size depends on the routing."""
+        before = self.dispatch
+        self.dispatch = "dense"
+        try:
+            yield
+        finally:
+            self.dispatch = before
 
     # -- experts ----------------------------------------------------------------------------------
     def route_activations(self, xe: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
@@ -185,18 +208,6 @@ class MixtureOfExperts(nn.Module):
 
     # -- accounting -------------------------------------------------------------------------------
     @torch.no_grad()
-    def active_experts(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """(N, E) bool: the experts each sample's eval-mode forward pass uses (nonzero gate value)."""
-        was_training = self.training
-        self.eval()
-        rows = []
-        for xb in x.split(chunk):
-            g = self.gate(xb)
-            rows.append(g.weights > 0)
-        self.train(was_training)
-        return torch.cat(rows)
-
-    @torch.no_grad()
     def accounting(self, x: torch.Tensor | None = None) -> Accounting:
         """Exact per-sample active parameters and multiply-adds, averaged over x (eval mode).
 
@@ -223,7 +234,7 @@ class MixtureOfExperts(nn.Module):
             active = torch.zeros(1, n_exp, dtype=torch.bool)
             active[0, : self.k] = True
         else:
-            active = self.active_experts(x).cpu()
+            active = self.routing().active_experts(x).cpu()
         params, macs = [], []
         for a in active.float().split(4096):
             units = (a.repeat_interleave(hidden, dim=1) + a @ reads).clamp(max=1)

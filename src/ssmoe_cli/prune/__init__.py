@@ -7,14 +7,16 @@
 - obd: Optimal Brain Damage, saliency h_kk w^2 / 2 (LeCun et al. 1990), Fisher or Hutchinson.
 
 All act through the masks of the models' Masked layers (ssmoe_cli.models.layers), selected by
-role (hidden, output, route, gate), so accounting and checkpoints see the pruned network.
+role (hidden, output, route, gate) among the layers the model calls prunable, so accounting and
+checkpoints see the pruned network. Shared pieces: masks.py (targets, sparsity, exact masks),
+schedule.py (one Schedule value), callback.py (the Lightning callback every method subclasses).
 """
 
-from ssmoe_cli.prune.base import (
+from ssmoe_cli.prune.callback import PruneContext, PruningCallback
+from ssmoe_cli.prune.magnitude import MagnitudePruning, magnitude_prune, std_prune
+from ssmoe_cli.prune.masks import (
     DEFAULT_TARGETS,
     ROLES,
-    PruningCallback,
-    Schedule,
     apply_masks,
     layer_table,
     prune_to,
@@ -22,9 +24,9 @@ from ssmoe_cli.prune.base import (
     sparsity,
     target_layers,
 )
-from ssmoe_cli.prune.magnitude import MagnitudePruning, magnitude_prune, std_prune
 from ssmoe_cli.prune.none import NoPruning
 from ssmoe_cli.prune.obd import OBDPruning, fisher_diagonal, hutchinson_diagonal, obd_prune, obd_saliency
+from ssmoe_cli.prune.schedule import Schedule
 from ssmoe_cli.prune.stochasticnet import StochasticNet, random_masks
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "MagnitudePruning",
     "NoPruning",
     "OBDPruning",
+    "PruneContext",
     "PruningCallback",
     "Schedule",
     "StochasticNet",

@@ -13,22 +13,15 @@ Two criteria:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from ssmoe_cli.models.layers import Masked
-from ssmoe_cli.prune.base import (
-    DEFAULT_TARGETS,
-    PruningCallback,
-    Schedule,
-    apply_masks,
-    check_scope,
-    layers_sparsity,
-    prune_to,
-    target_layers,
-)
+from ssmoe_cli.prune.callback import PruneContext, PruningCallback
+from ssmoe_cli.prune.masks import DEFAULT_TARGETS, apply_masks, check_scope, layers_sparsity, prune_to, target_layers
+from ssmoe_cli.prune.schedule import Schedule
 
 CRITERIA = ("fraction", "std")
 
@@ -77,36 +70,29 @@ def std_prune(
 
 
 class MagnitudePruning(PruningCallback):
-    """Prunes the smallest weights at the schedule's events; training in between is the retraining."""
+    """Prunes the smallest weights at the schedule's events; training in between is the retraining.
+    `schedule`: the Schedule's keys (prune.schedule, prune.rounds, ...: see Schedule.keys())."""
 
     def __init__(
         self,
-        target_sparsity: float = 0.9,
-        schedule: str = "iterative",
-        rounds: int = 3,
-        start: int = 5,
-        every: int = 2,
-        unit: str = "epoch",
-        min_retrain: int = 2,
         scope: str = "layer",
         criterion: str = "fraction",
         quality_factor: float = 1.0,
-        initial_sparsity: float = 0.0,
         targets: Sequence[str] | None = None,
+        **schedule: Any,
     ) -> None:
-        plan = Schedule(schedule, target_sparsity, rounds, start, every, unit, initial_sparsity)
-        super().__init__(targets=targets, schedule=plan, min_retrain=min_retrain)
+        super().__init__(targets=targets, schedule=Schedule.from_keys(**schedule))
         check_scope(scope)
         if criterion not in CRITERIA:
             raise ValueError(f"prune.criterion={criterion!r}: choose fraction or std")
-        if criterion == "std" and schedule == "gradual":
+        if criterion == "std" and self.schedule.kind == "gradual":
             raise ValueError("prune.criterion=std sets no sparsity to follow: use prune.schedule=oneshot or iterative")
         if quality_factor <= 0:
             raise ValueError(f"prune.quality_factor={quality_factor} must be > 0")
         self.scope, self.criterion, self.quality_factor = scope, criterion, quality_factor
 
-    def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> None:
+    def prune(self, model: nn.Module, target: float, context: PruneContext) -> None:
         if self.criterion == "fraction":
-            magnitude_prune(pl_module, target, self.targets, self.scope, trainer.optimizers)
+            magnitude_prune(model, target, self.targets, self.scope, context.optimizers)
         else:
-            std_prune(pl_module, self.quality_factor, self.targets, self.scope, trainer.optimizers)
+            std_prune(model, self.quality_factor, self.targets, self.scope, context.optimizers)

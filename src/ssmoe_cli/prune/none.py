@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ssmoe_cli.prune.base import PruningCallback
+from ssmoe_cli.prune.callback import PruningCallback
 
 
 class NoPruning(PruningCallback):

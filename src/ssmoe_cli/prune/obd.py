@@ -21,30 +21,21 @@ get saliency 0 (they are zero) and are kept pruned whatever their score.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from ssmoe_cli.models.base import vmappable
 from ssmoe_cli.models.layers import Masked
-from ssmoe_cli.models.moe import MixtureOfExperts
-from ssmoe_cli.prune.base import (
-    DEFAULT_TARGETS,
-    PruningCallback,
-    Schedule,
-    check_scope,
-    model_of,
-    prune_to,
-    target_layers,
-)
+from ssmoe_cli.prune.callback import Batch, PruneContext, PruningCallback
+from ssmoe_cli.prune.masks import DEFAULT_TARGETS, check_scope, prune_to, target_layers
+from ssmoe_cli.prune.schedule import Schedule
 
 HESSIANS = ("fisher", "hutchinson")
-Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
 
@@ -68,22 +59,6 @@ def _requiring_grad(weights: Iterable[torch.Tensor]) -> Iterator[None]:
             w.requires_grad_(flag)
 
 
-@contextlib.contextmanager
-def _dense_dispatch(model: nn.Module) -> Iterator[None]:
-    """Per-sample gradients see batches of one sample, which capacity dispatch never overflows, so
-    dense dispatch computes the same function there; unlike capacity dispatch (its buffer size
-    depends on the routing) it can be vmapped."""
-    moes = [m for m in model.modules() if isinstance(m, MixtureOfExperts)]
-    before = [m.dispatch for m in moes]
-    try:
-        for m in moes:
-            m.dispatch = "dense"
-        yield
-    finally:
-        for m, dispatch in zip(moes, before, strict=True):
-            m.dispatch = dispatch
-
-
 def _squared_grads_vmap(
     model: nn.Module, layers: Mapping[str, Masked], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, chunk: int
 ) -> list[torch.Tensor]:
@@ -97,7 +72,9 @@ def _squared_grads_vmap(
     sums = [torch.zeros_like(p) for p in params.values()]
     # torch.func.grad differentiates under no_grad too; no_grad only stops building a graph from
     # the per-sample gradients back to the other parameters (biases), which nothing needs.
-    with _dense_dispatch(model), torch.no_grad():
+    # vmappable: the model's own switch to a forward without data-dependent shapes (a mixture of
+    # experts' dense dispatch), the same function on batches of one sample.
+    with vmappable(model), torch.no_grad():
         for xc, yc in zip(x.split(chunk), y.split(chunk), strict=True):  # chunks bound the (B, *w) memory
             grads = per_sample(params, xc, yc)
             for acc, g in zip(sums, grads.values(), strict=True):
@@ -128,8 +105,7 @@ def fisher_diagonal(
 ) -> dict[str, torch.Tensor]:
     """Empirical Fisher diagonal of each layer's weight: (1/N) sum_i (d l_i / d w)^2 over the N
     samples of `batches`, l_i the loss of sample i alone (loss_fn on a batch of one). Layer names
-    as target_layers gives them (relative to the network inside a ClassifierModule)."""
-    model = model_of(model)
+    as target_layers gives them."""
     sums = [torch.zeros_like(layer.weight) for layer in layers.values()]
     count, vectorised = 0, True
     with _requiring_grad(layer.weight for layer in layers.values()):
@@ -158,7 +134,6 @@ def hutchinson_diagonal(
 ) -> dict[str, torch.Tensor]:
     """Hutchinson estimate of the Hessian diagonal of the mean batch loss: the mean of z * (H z)
     over batches and probes, z Rademacher over all targeted weights jointly."""
-    model = model_of(model)
     generator = generator or torch.Generator().manual_seed(0)
     weights = [layer.weight for layer in layers.values()]
     if not weights:
@@ -219,39 +194,31 @@ def obd_prune(
 ) -> float:
     """One OBD round on a plain model: score on `batches` (train mode), prune the lowest saliencies
     to exactly `target_sparsity`; returns the reached sparsity."""
-    net = model_of(model)
-    layers = target_layers(net, targets)
-    was_training = net.training
-    net.train()
+    layers = target_layers(model, targets)
+    was_training = model.training
+    model.train()
     try:
-        saliency = obd_saliency(net, layers, batches, hessian, probes, seed)
+        saliency = obd_saliency(model, layers, batches, hessian, probes, seed)
     finally:
-        net.train(was_training)
-    return prune_to(net, saliency, target_sparsity, scope, optimizers)
+        model.train(was_training)
+    return prune_to(model, saliency, target_sparsity, scope, optimizers)
 
 
 class OBDPruning(PruningCallback):
-    """OBD at the schedule's events, scored on `batches` training batches; retraining in between."""
+    """OBD at the schedule's events, scored on `batches` training batches; retraining in between.
+    `schedule`: the Schedule's keys (prune.schedule, prune.rounds, ...: see Schedule.keys())."""
 
     def __init__(
         self,
-        target_sparsity: float = 0.9,
         hessian: str = "fisher",
         batches: int = 10,
         probes: int = 4,
-        schedule: str = "iterative",
-        rounds: int = 3,
-        start: int = 5,
-        every: int = 2,
-        unit: str = "epoch",
-        min_retrain: int = 2,
         scope: str = "layer",
-        initial_sparsity: float = 0.0,
         seed: int = 0,
         targets: Sequence[str] | None = None,
+        **schedule: Any,
     ) -> None:
-        plan = Schedule(schedule, target_sparsity, rounds, start, every, unit, initial_sparsity)
-        super().__init__(targets=targets, schedule=plan, min_retrain=min_retrain)
+        super().__init__(targets=targets, schedule=Schedule.from_keys(**schedule))
         if hessian not in HESSIANS:
             raise ValueError(f"prune.hessian={hessian!r}: choose fisher or hutchinson")
         if batches < 1 or probes < 1:
@@ -259,16 +226,8 @@ class OBDPruning(PruningCallback):
         check_scope(scope)
         self.hessian, self.batches, self.probes, self.scope, self.seed = hessian, batches, probes, scope, seed
 
-    def training_batches(self, trainer: pl.Trainer, device: torch.device) -> list[Batch]:
-        """The first `batches` batches of a training loader (the datamodule's, else the trainer's)."""
-        datamodule = getattr(trainer, "datamodule", None)
-        loader = datamodule.train_dataloader() if datamodule is not None else trainer.train_dataloader
-        return [(b[0].to(device), b[1].to(device)) for b in itertools.islice(loader, self.batches)]
-
-    def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: float) -> None:
-        batches = self.training_batches(trainer, pl_module.device)
+    def prune(self, model: nn.Module, target: float, context: PruneContext) -> None:
+        batches = context.batches(self.batches)
         # A fresh probe seed per round, reproducible from the run's seed.
         seed = self.seed + len(self.history)
-        obd_prune(
-            pl_module, batches, target, self.targets, self.hessian, self.probes, self.scope, seed, trainer.optimizers
-        )
+        obd_prune(model, batches, target, self.targets, self.hessian, self.probes, self.scope, seed, context.optimizers)

@@ -19,28 +19,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from ssmoe_cli.errors import SsmoeError
-from ssmoe_cli.models.topology.base import ring_positions
-from ssmoe_cli.prune.base import DEFAULT_TARGETS, PruningCallback, apply_masks, model_of, target_layers
+from ssmoe_cli.models.base import Routing, routing_of
+from ssmoe_cli.prune.callback import PruneContext, PruningCallback
+from ssmoe_cli.prune.masks import DEFAULT_TARGETS, apply_masks, target_layers
 
 MODES = ("uniform", "distance")
 
 
-def expert_positions(model: nn.Module) -> torch.Tensor:
-    """(E, 2) places of the experts: the gate's map, or the ring the topologies use when it has none."""
-    positions = model.gate_positions()
-    return ring_positions(model.num_experts) if positions is None else positions.detach().float().cpu()
-
-
-def route_log_weights(model: nn.Module, distance_scale: float) -> torch.Tensor:
+def route_log_weights(routing: Routing, distance_scale: float) -> torch.Tensor:
     """(E, 1, R) log keep-weights of the route weights (E, out, R): -d(e, source) / length."""
-    pos = expert_positions(model)
-    hidden = model.layers[0].out_features
-    source = (model.route_units // hidden).cpu()  # (E, R): the expert each route column reads
+    pos = routing.positions()
+    source = routing.route_columns.cpu()  # (E, R): the expert each route column reads
     dist = (pos.unsqueeze(1) - pos[source]).norm(dim=-1)  # (E, R)
     pairs = torch.pdist(pos)
     length = distance_scale * (float(pairs.mean()) if pairs.numel() else 1.0)
@@ -73,10 +66,10 @@ def random_masks(
     """One random-graph realisation: a keep-mask per targeted layer with round(density * n) ones."""
     if mode not in MODES:
         raise ValueError(f"prune.mode={mode!r}: choose uniform or distance")
-    model = model_of(model)
     layers = target_layers(model, targets)
-    route = getattr(model, "route", None)
-    if mode == "distance" and not any(layer is route for layer in layers.values()):
+    routing = routing_of(model)
+    route = routing.route if routing is not None else None
+    if mode == "distance" and (route is None or not any(layer is route for layer in layers.values())):
         raise SsmoeError(
             "prune.mode=distance draws inter-expert routes by distance, but this model has none among "
             f"prune.targets={list(targets)}: use a mixture of experts with a topology other than isolated "
@@ -85,7 +78,8 @@ def random_masks(
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for name, layer in layers.items():
-        log_weight = route_log_weights(model, distance_scale) if mode == "distance" and layer is route else None
+        distance = mode == "distance" and routing is not None and layer is route
+        log_weight = route_log_weights(routing, distance_scale) if distance else None
         masks[name] = draw_keep(layer.mask, round(density * layer.weight.numel()), generator, log_weight)
     return masks
 
@@ -110,9 +104,8 @@ class StochasticNet(PruningCallback):
             raise ValueError(f"prune.distance_scale={distance_scale} must be > 0")
         self.density, self.mode, self.distance_scale, self.seed = density, mode, distance_scale, seed
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
-        self.draw(pl_module, trainer.optimizers)
+    def start(self, model: nn.Module, context: PruneContext) -> None:
+        self.draw(model, context.optimizers)
 
     def draw(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> float:
         """Install the seed's realisation; returns the reached sparsity over the targets. Drawing

@@ -1,11 +1,13 @@
-"""The interface every gate returns, and the top-k softmax they share."""
+"""The contract every gate implements (`Gate`), what it returns (`GateOutput`), and the pieces gates
+share: the top-k softmax and the squared coefficient of variation of their balancing losses."""
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class GateOutput(NamedTuple):
@@ -15,6 +17,49 @@ class GateOutput(NamedTuple):
     # Auxiliary losses ALREADY multiplied by their coefficients (scalar tensors); empty if none.
     aux: dict[str, Tensor]
     embedding: Tensor | None  # (B, 2) coordinates in the gate's 2-D map (ptsne), else None
+
+
+class Gate(nn.Module, abc.ABC):
+    """Base of every gate: which experts each sample visits, and with what weight.
+
+    Built as ``Gate(in_features, num_experts, k, ...)``. A subclass implements `forward` (a
+    GateOutput), `active_params` and `active_macs` (what one sample's eval-mode pass through the gate
+    uses, for the model's accounting); every weight matrix should be a MaskedLinear so that pruning
+    and accounting see it. The rest has defaults a gate without a map keeps: no `positions` (the
+    topologies then place experts on a ring), nothing to `prepare`, no `embed`ding and no
+    `diagnostics` of its own.
+    """
+
+    num_experts: int
+    k: int
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> GateOutput:
+        """Gate values of a batch (B, in_features); aux losses only in training mode."""
+
+    @abc.abstractmethod
+    def active_params(self) -> int:
+        """Nonzero parameters one sample's eval-mode pass through the gate uses."""
+
+    @abc.abstractmethod
+    def active_macs(self) -> int:
+        """Multiply-adds of one sample's eval-mode pass through the gate (nonzero weights)."""
+
+    @property
+    def positions(self) -> Tensor | None:
+        """(E, 2) places of the experts in the gate's 2-D map (detached), or None without a map."""
+        return None
+
+    def prepare(self, x_train: Tensor, generator: torch.Generator) -> None:
+        """Fit what the gate needs before classification training (e.g. its map); default: nothing."""
+
+    def embed(self, x: Tensor) -> Tensor | None:
+        """(N, 2) map coordinates of x without gradient, for diagnostics; None without a map."""
+        return None
+
+    def diagnostics(self, x: Tensor) -> dict[str, float]:
+        """Gate-specific measurements on held-out inputs x (eval mode), logged as gate/<name>."""
+        return {}
 
 
 def topk_softmax(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -37,3 +82,18 @@ def topk_softmax(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         values = torch.softmax(top, dim=1)
     weights = torch.zeros_like(logits).scatter(1, indices, values)
     return weights, indices, values
+
+
+def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
+    """Squared coefficient of variation var(x) / mean(x)^2 (population variance; Shazeer et al. 2017,
+    not the var / mean of some ports), differentiable: the SGMoE balancing losses use it as is and
+    the diagnostics take its float. One value, or a mean^2 below eps (all zeros), gives 0, not 0/0.
+
+    Integer counts are computed in float32; a floating x keeps its dtype (float64 stays exact).
+    """
+    if not x.is_floating_point():
+        x = x.float()
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    # clamp, not + eps: above eps the value is exactly var / mean^2 in any dtype.
+    return x.var(unbiased=False) / (x.mean() ** 2).clamp_min(eps)

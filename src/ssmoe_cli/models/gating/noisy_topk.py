@@ -9,7 +9,8 @@ with W_g and W_noise zero at the start, noise only in training mode, and two bal
     L_load       = w_load * CV(sum_x P(x, i))^2,
     P(x, i)      = Phi(((x W_g)_i - kth_excluding(H(x), k, i)) / noise_std_i)
 
-CV^2 = population variance / mean^2 (the mean SQUARED; some ports divide by the mean). Without
+CV^2 = population variance / mean^2 (the mean SQUARED; some ports divide by the mean): the
+differentiable `cv_squared` of base.py, shared with the diagnostics. Without
 noise (eval, or noisy=False) the load is the count of samples routed to each expert, as in
 tensor2tensor, so nothing divides by a zero noise scale.
 """
@@ -20,16 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmoe_cli.models.gating.base import GateOutput, topk_softmax
+from ssmoe_cli.models.gating.base import Gate, GateOutput, cv_squared, topk_softmax
 from ssmoe_cli.models.layers import MaskedLinear, set_role
-
-
-def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
-    """Squared coefficient of variation var(x) / mean(x)^2 (population variance); 0 for one value."""
-    if x.numel() <= 1:
-        return torch.zeros((), dtype=x.dtype, device=x.device)
-    x = x.float()
-    return x.var(unbiased=False) / (x.mean() ** 2 + eps)
 
 
 def prob_in_top_k(clean: Tensor, noisy: Tensor, noise_std: Tensor, k: int) -> Tensor:
@@ -48,10 +41,8 @@ def prob_in_top_k(clean: Tensor, noisy: Tensor, noise_std: Tensor, k: int) -> Te
     return torch.where(is_in, prob_if_in, prob_if_out)
 
 
-class NoisyTopKGate(nn.Module):
+class NoisyTopKGate(Gate):
     """SGMoE gate: linear logits plus learned Gaussian noise, keep the top k, softmax over them."""
-
-    positions = None  # no 2-D map
 
     def __init__(
         self,
@@ -75,9 +66,6 @@ class NoisyTopKGate(nn.Module):
         nn.init.zeros_(self.w_gate.weight)
         nn.init.zeros_(self.w_noise.weight)
         set_role(self, "gate")
-
-    def prepare(self, x_train: Tensor, generator: torch.Generator) -> None:
-        """Nothing to precompute."""
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> GateOutput:
         """``noise`` (B, E) replaces the N(0, 1) draw (tests); it is ignored when noise is off."""

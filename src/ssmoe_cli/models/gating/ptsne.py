@@ -32,9 +32,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ssmoe_cli.accounting import nonzero_macs
-from ssmoe_cli.models.gating.base import GateOutput, topk_softmax
-from ssmoe_cli.models.gating.tsne import FixedBatches, kl_divergence
+from ssmoe_cli.models.accounting import nonzero_macs
+from ssmoe_cli.models.gating.base import Gate, GateOutput, topk_softmax
+from ssmoe_cli.models.gating.tsne import FixedBatches, kl_divergence, tsne_loss
 from ssmoe_cli.models.layers import masked_layers, mlp, set_role
 
 
@@ -91,7 +91,7 @@ def auto_temperature(centres: Tensor, y: Tensor, margin: float = 4.0) -> float:
     return max(t, 1e-12)
 
 
-class PTSNEGate(nn.Module):
+class PTSNEGate(Gate):
     """Routes each sample to the experts whose centres are nearest to it in a parametric t-SNE map."""
 
     def __init__(
@@ -155,7 +155,7 @@ class PTSNEGate(nn.Module):
 
     @property
     def positions(self) -> Tensor:
-        """(E, 2) expert places in the map."""
+        """(E, 2) expert places in the map: the centres."""
         return self.centres.detach()
 
     # -- preparation --------------------------------------------------------------------------
@@ -216,6 +216,13 @@ class PTSNEGate(nn.Module):
         self.centres.copy_(c)
         if self.temperature_mode == "auto":
             self.temperature.fill_(auto_temperature(c, y, self.temperature_margin))
+
+    @torch.no_grad()
+    def diagnostics(self, x: Tensor) -> dict[str, float]:
+        """tsne_kl: KL(P || Q) of the map on the first t-SNE batch's worth of held-out points."""
+        n = min(len(x), self.tsne_batch_size)
+        # The whole of x through f first, then the slice: the same numbers as the map plots show.
+        return {"tsne_kl": float(tsne_loss(x[:n], self.embed(x)[:n], self.perplexity, self.dof))}
 
     # -- routing ------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> GateOutput:

@@ -6,25 +6,20 @@ Every expert gets a weight softmax(x W + b); nothing is sparse, so k is always n
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ssmoe_cli.models.gating.base import GateOutput
+from ssmoe_cli.models.gating.base import Gate, GateOutput
 from ssmoe_cli.models.layers import MaskedLinear, set_role
 
 
-class SoftmaxGate(nn.Module):
+class SoftmaxGate(Gate):
     """weights = softmax(x W + b) over ALL experts; indices = all experts by weight, descending."""
-
-    positions = None  # no 2-D map
 
     def __init__(self, in_features: int, num_experts: int, k: int | None = None) -> None:
         super().__init__()
         # A dense mixture: whatever k the model asks for, every expert is kept.
         self.num_experts = self.k = num_experts
         self.linear = set_role(MaskedLinear(in_features, num_experts), "gate")
-
-    def prepare(self, x_train: Tensor, generator: torch.Generator) -> None:
-        """Nothing to precompute."""
 
     def forward(self, x: Tensor) -> GateOutput:
         weights = torch.softmax(self.linear(x), dim=1)

@@ -1,0 +1,181 @@
+"""The Lightning side of pruning: one callback base that every sparsity method subclasses.
+
+It unwraps the LightningModule once (when fitting starts) and hands the methods the network itself,
+an nn.Module, with a `PruneContext` (the optimizers, and a way to read training batches); the
+methods never see Lightning. It keeps masked weights at zero after every optimizer step, checks the
+schedule fits the training budget before any work, runs `prune(model, target, context)` at the
+schedule's events, and logs prune/sparsity at the end of each training epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ssmoe_cli import metrics as names
+from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.models.base import prunable_layers
+from ssmoe_cli.module import ClassifierModule
+from ssmoe_cli.prune.masks import check_targets, register_mask_hook, sparsity, target_layers
+from ssmoe_cli.prune.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PruneContext:
+    """What a pruning step may use besides the model: the optimizers whose state it must zero where
+    it masks (apply_masks / prune_to take them), and `batches(n)`, the first n training batches
+    (inputs, labels) on the model's device."""
+
+    optimizers: Sequence[torch.optim.Optimizer]
+    batches: Callable[[int], list[Batch]]
+
+
+def network_of(pl_module: pl.LightningModule) -> nn.Module:
+    """The network a LightningModule trains: a ClassifierModule's model, else the module itself."""
+    return pl_module.model if isinstance(pl_module, ClassifierModule) else pl_module
+
+
+class PruningCallback(pl.Callback):
+    """Base of the sparsity methods. A method with a schedule implements `prune`; one that fixes its
+    masks before training (StochasticNet) implements `start`. `targets` are the roles it prunes."""
+
+    needs_targets = True  # a method that prunes refuses a selection that matches no layer
+
+    def __init__(self, targets: Sequence[str] | None = None, schedule: Schedule | None = None) -> None:
+        self.targets = check_targets(targets)
+        self.schedule = schedule
+        self.done: set[int] = set()  # rounds (1-based) already applied; saved in checkpoints
+        self.history: list[dict[str, float]] = []  # one row per applied round
+        self._hooks: list[RemovableHandle] = []
+        self._model: nn.Module | None = None
+        self._trainer: pl.Trainer | None = None
+
+    # -- what a method implements -----------------------------------------------------------------
+    def start(self, model: nn.Module, context: PruneContext) -> None:
+        """Once when fitting starts, before the first training step; default: nothing."""
+
+    def prune(self, model: nn.Module, target: float, context: PruneContext) -> None:
+        """Bring the targeted weights to `target` sparsity (methods with a schedule implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no scheduled pruning")
+
+    # -- public helpers ---------------------------------------------------------------------------
+    def final_sparsity(self, model: nn.Module) -> float:
+        """prune/sparsity: the fraction of masked or zero weights over this callback's targets."""
+        return sparsity(model, self.targets)
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer, self._model = trainer, network_of(pl_module)
+        model = self._model
+        if self.needs_targets and not target_layers(model, self.targets):
+            roles = sorted({m.role for m in prunable_layers(model).values()})
+            raise SsmoeError(
+                f"prune.targets={self.targets} selects no layer of this model (its roles: {', '.join(roles)}); "
+                "choose prune.targets among those"
+            )
+        if self.schedule is not None:
+            self.schedule.check(self._budget(trainer))
+        self._remove_hooks()
+        self._hooks = [register_mask_hook(opt, model) for opt in trainer.optimizers]
+        self.start(model, self._context())
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.schedule is not None and self.schedule.unit == "epoch":
+            self._run_due(trainer.current_epoch)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.schedule is not None and self.schedule.unit == "step":
+            self._run_due(trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log(names.PRUNE_SPARSITY, self.final_sparsity(self._network()), on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.schedule is not None and len(self.done) < self.schedule.n:
+            log.warning(
+                "prune: training stopped after %d of %d pruning rounds; sparsity %.4f instead of %.4f",
+                len(self.done),
+                self.schedule.n,
+                self.final_sparsity(self._network()),
+                self.schedule.target,
+            )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": sorted(self.done), "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.done = set(state_dict.get("done", []))
+        self.history = list(state_dict.get("history", []))
+
+    # -- internals --------------------------------------------------------------------------------
+    def _network(self) -> nn.Module:
+        if self._model is None:
+            raise RuntimeError(f"{type(self).__name__}: used before on_fit_start")
+        return self._model
+
+    def _context(self) -> PruneContext:
+        trainer = self._trainer
+        assert trainer is not None
+        return PruneContext(optimizers=list(trainer.optimizers), batches=self._training_batches)
+
+    def _training_batches(self, n: int) -> list[Batch]:
+        """The first n batches of a training loader (the datamodule's, else the trainer's)."""
+        trainer = self._trainer
+        assert trainer is not None
+        device = next(self._network().parameters()).device
+        datamodule = getattr(trainer, "datamodule", None)
+        loader = datamodule.train_dataloader() if datamodule is not None else trainer.train_dataloader
+        return [(b[0].to(device), b[1].to(device)) for b in itertools.islice(loader, n)]
+
+    def _budget(self, trainer: pl.Trainer) -> float:
+        """Epochs (or optimizer steps) this fit will train; inf when unbounded."""
+        if self.schedule is not None and self.schedule.unit == "epoch":
+            return math.inf if trainer.max_epochs is None or trainer.max_epochs < 0 else trainer.max_epochs
+        return float(trainer.estimated_stepping_batches)
+
+    def _run_due(self, now: int) -> None:
+        """Apply the latest round whose time has come (earlier missed rounds, e.g. after resuming
+        from a checkpoint, are covered by it: the round targets are absolute sparsities)."""
+        assert self.schedule is not None
+        due = [r for r, at in enumerate(self.schedule.events(), start=1) if at <= now and r not in self.done]
+        if not due:
+            return
+        r = max(due)
+        target = self.schedule.sparsity(r)
+        model = self._network()
+        self.prune(model, target, self._context())
+        self.done.update(due)
+        reached = self.final_sparsity(model)
+        self.history.append({"round": r, "at": now, "target": target, "sparsity": reached})
+        log.info(
+            "prune round %d/%d at %s %d: target sparsity %.4f, reached %.4f",
+            r,
+            self.schedule.n,
+            self.schedule.unit,
+            now,
+            target,
+            reached,
+        )
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
