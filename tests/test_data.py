@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FAST
 
 from ssmoe_cli.data.digits import Digits
 from ssmoe_cli.data.fashion_mnist import FashionMNIST
@@ -69,9 +70,60 @@ def test_root_resolution_order(tmp_path, monkeypatch):
     assert FashionMNIST(root=None, system_dir=str(system), **kw).resolve()["x_train"].parent == system
 
 
+def test_an_explicit_root_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    """Complete copies in the cache and the system dir never stand in for the root the user gave."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache, system = tmp_path / "cache" / "ssmoe" / "fashion_mnist", tmp_path / "sys"
+    for d in (cache, system):
+        write_fake_mnist(d)
+    (tmp_path / "file").write_text("not a directory")
+    (tmp_path / "half").mkdir()
+    write_idx(tmp_path / "half" / "train-images-idx3-ubyte.gz", np.zeros((2, 28, 28)))
+    kw = dict(in_features=784, num_classes=10, system_dir=str(system), download=False)
+    cases = {
+        "missing": "does not exist",
+        "file": "is not a directory",
+        "half": r"does not hold fashion_mnist \(download disabled",
+    }
+    for name, words in cases.items():
+        with pytest.raises(SsmoeError, match=rf"^data\.root={tmp_path / name} {words}"):
+            FashionMNIST(root=str(tmp_path / name), **kw).resolve()
+
+
+def test_download_goes_into_an_explicit_root_checked_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    mirror, root = tmp_path / "mirror", tmp_path / "root"
+    write_fake_mnist(mirror)
+    root.mkdir()
+    dm = FashionMNIST(in_features=784, num_classes=10, root=str(root), system_dir=None, download=True)
+    dm.mirror = mirror.as_uri() + "/"  # urllib serves file:// URLs: the real download code, no network
+    dm.md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in mirror.iterdir()}
+    assert dm.resolve()["x_test"] == root / "t10k-images-idx3-ubyte.gz"
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in mirror.iterdir())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    dm.root, dm.md5 = str(bad), {name: "0" * 32 for name in dm.md5}
+    with pytest.raises(SsmoeError, match=r"does not hold fashion_mnist \(download .* checksum mismatch"):
+        dm.resolve()
+    assert list(bad.iterdir()) == []  # no partial or temporary file left in the user's directory
+
+
+def test_an_explicit_root_that_does_not_hold_the_data_fails_through_the_cli(run_cli, tmp_path):
+    """The issue's case: data.root=/etc/passwd used to train on the Debian copy and log the bad root."""
+    (tmp_path / "empty").mkdir()
+    for root, words in (("/etc/passwd", "is not a directory"), ("empty", "does not hold fashion_mnist")):
+        proc = run_cli("train", "data=fashion_mnist", f"data.root={root}", "data.download=false", "logger=none",
+                       "model=fcl", *FAST, check=False)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"ssmoe: error: data.root={root} {words}"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "test accuracy" not in proc.stdout
+
+
 def test_missing_data_names_root_and_remedy(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    dm = FashionMNIST(in_features=784, num_classes=10, root=str(tmp_path / "empty"), system_dir=None, download=False)
+    dm = FashionMNIST(in_features=784, num_classes=10, root=None, system_dir=None, download=False)
     with pytest.raises(SsmoeError, match=r"data\.root") as info:
         dm.setup()
     assert "dataset-fashion-mnist" in str(info.value)

@@ -1,7 +1,10 @@
 """IDX datasets (Fashion-MNIST, MNIST): where the files are found, and the download fallback.
 
-The root is resolved in this order: ``data.root``, the user cache dir, the system directory that
-a Debian package installs, else a download from the official mirror with an MD5 check.
+An explicit ``data.root`` is the user's choice and the only place looked at: the files there, or
+(with download enabled and the directory existing) downloaded there; anything else is an error
+naming it, never a silent fallback to another copy. With no root (the default): the user cache
+dir, the system directory that a Debian package installs, else a download into the cache, from
+the official mirror with an MD5 check.
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ class IdxDataModule(TensorDataModule):
 
     # -- locating the files ----------------------------------------------------------------------
     def candidates(self) -> list[Path]:
-        dirs = [Path(self.root).expanduser()] if self.root else []
-        dirs.append(user_cache_dir() / self.name)
+        """Where the files are looked for: an explicit root only, else the cache then the system dir."""
+        if self.root:
+            return [Path(self.root).expanduser()]
+        dirs = [user_cache_dir() / self.name]
         if self.system_dir is not None:
             dirs.append(self.system_dir)
         return dirs
@@ -76,6 +81,8 @@ class IdxDataModule(TensorDataModule):
 
     def resolve(self) -> dict[str, Path]:
         """Paths of the four files: the first candidate dir holding all of them, else a download."""
+        if self.root:
+            self._check_root(Path(self.root).expanduser())
         for directory in self.candidates():
             found = {key: self._find(directory, stem) for key, stem in SPLITS.items()}
             if all(found.values()):
@@ -89,13 +96,30 @@ class IdxDataModule(TensorDataModule):
                 return self._download(target)
             except (OSError, ValueError) as exc:
                 reason = f"download from {self.mirror} failed: {exc}"
+        files = ", ".join(s + ".gz" for s in SPLITS.values())
+        if self.root:
+            raise SsmoeError(
+                f"data.root={self.root} does not hold {self.name} ({reason}); put {files} there, "
+                "or leave data.root unset to use the cache and system copies"
+            )
+        fix = f"install the Debian package ({self.debian_package}), or " if self.debian_package else ""
         looked = ", ".join(str(d) for d in self.candidates())
-        fix = f"install the Debian package ({self.debian_package})" if self.debian_package else ""
-        fix = f"{fix}, or " if fix else ""
         raise SsmoeError(
             f"{self.name} not found (looked in {looked}; {reason}). Fix: {fix}set data.root=DIR "
-            f"to a directory holding {', '.join(s + '.gz' for s in SPLITS.values())}"
+            f"to a directory holding {files}"
         )
+
+    def _check_root(self, root: Path) -> None:
+        """An explicit root must be a readable directory: no other copy stands in for it."""
+        if not root.exists():
+            raise SsmoeError(
+                f"data.root={self.root} does not exist; create it (the data is downloaded into it when "
+                "data.download=true) or leave data.root unset to use the cache and system copies"
+            )
+        if not root.is_dir():
+            raise SsmoeError(f"data.root={self.root} is not a directory; set it to the directory holding the files")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise SsmoeError(f"data.root={self.root} is not readable (permission denied); fix its permissions")
 
     def _download(self, target: Path) -> dict[str, Path]:
         target.mkdir(parents=True, exist_ok=True)
@@ -104,18 +128,29 @@ class IdxDataModule(TensorDataModule):
             name = f"{stem}.gz"
             dest = target / name
             if not dest.is_file():
-                with (
-                    tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp,
-                    urllib.request.urlopen(self.mirror + name, timeout=30) as resp,
-                ):
-                    shutil.copyfileobj(resp, tmp)
-                tmp_path = Path(tmp.name)
-                if _md5(tmp_path) != self.md5[name]:
-                    tmp_path.unlink()
-                    raise ValueError(f"checksum mismatch for {name}")
-                tmp_path.replace(dest)
+                self._fetch(self.mirror + name, dest, self.md5[name])
             out[key] = dest
         return out
+
+    @staticmethod
+    def _fetch(url: str, dest: Path, md5: str) -> None:
+        """Download `url` to `dest` through a temporary file beside it: `dest` appears complete and
+        checksummed or not at all, and no partial file is left behind on failure."""
+        # The URL is opened first: an unreachable mirror creates no file at all.
+        with (
+            urllib.request.urlopen(url, timeout=30) as resp,
+            tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp,
+        ):
+            tmp_path = Path(tmp.name)
+            try:
+                shutil.copyfileobj(resp, tmp)
+            except BaseException:
+                tmp_path.unlink(missing_ok=True)
+                raise
+        if _md5(tmp_path) != md5:
+            tmp_path.unlink()
+            raise ValueError(f"checksum mismatch for {dest.name}")
+        tmp_path.replace(dest)
 
     def load(self) -> Arrays:
         files = self.resolve()
