@@ -119,6 +119,12 @@ def test_cv_squared_divides_by_mean_squared() -> None:
     assert math.isclose(float(cv_squared(torch.tensor([1.0, 2.0, 3.0]))), 1 / 6, rel_tol=1e-6)
     assert float(cv_squared(torch.tensor([5.0]))) == 0.0
     assert float(cv_squared(torch.zeros(4))) == 0.0  # no 0/0
+    # float64 stays float64 (the diagnostics' exact value), and the loss form is differentiable.
+    exact = cv_squared(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    assert exact.dtype == torch.float64 and abs(float(exact) - 1 / 6) < 1e-15
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    cv_squared(x).backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
 
 
 def test_noisy_topk_importance_and_load_by_hand() -> None:

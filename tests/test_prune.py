@@ -123,6 +123,29 @@ def test_schedule_check_names_the_keys_and_the_fix():
     assert "trainer.max_epochs >= 17" in msg and "prune.start=10" in msg and "prune.every=2" in msg
 
 
+def test_the_schedule_is_one_value_composed_from_the_flat_keys_users_type():
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    overrides = ["prune.schedule=gradual", "prune.rounds=4", "prune.start=5", "prune.initial_sparsity=0.1"]
+    with initialize_config_module("ssmoe_cli.conf", version_base="1.3"):
+        for method, cls in (("magnitude", MagnitudePruning), ("obd", OBDPruning)):
+            cfg = compose("train", overrides=[f"prune={method}", *overrides, "hydra.runtime.output_dir=/tmp"])
+            assert set(Schedule.keys()) <= set(cfg.prune)  # every schedule key can be typed as prune.<key>
+            callback = instantiate(cfg.prune)
+            assert isinstance(callback, cls)
+            assert callback.schedule == Schedule("gradual", target=0.9, rounds=4, start=5, every=2, initial=0.1)
+
+
+def test_schedule_keys_are_checked_and_a_schedule_value_is_taken_as_is():
+    plan = Schedule("oneshot", target=0.5, start=1, min_retrain=1)
+    assert MagnitudePruning(schedule=plan).schedule is plan
+    with pytest.raises(TypeError, match="rounds_total"):
+        MagnitudePruning(rounds_total=3)
+    with pytest.raises(TypeError, match="not both"):
+        OBDPruning(schedule=plan, rounds=2)
+
+
 def test_bad_schedule_settings_are_rejected():
     with pytest.raises(ValueError, match="prune.target_sparsity"):
         Schedule(target=1.0)
