@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 from conftest import cli_env
 
-from ssmoe_cli.report import stats
+from ssmoe_cli.report import claims, intervals
+from ssmoe_cli.report.build import Report, build_report
+from ssmoe_cli.report.intervals import summarize
+from ssmoe_cli.report.records import Group, RunRecord
 from ssmoe_cli.report.render import render
-from ssmoe_cli.report.stats import RunRecord, build_report, summarize
 
 FCL_NONZERO = 266_610.0
 T975_2 = 4.302652729911275  # t(0.975, df=2)
@@ -79,6 +81,8 @@ def _make_store(root: Path, experiment: str = "ssmoe") -> str:
             "time/epoch_s": 1.0 + seed / 10,
             "time/infer_ms_b256": 2.0,
         }
+        if model == "ptsne_moe":  # a gate with a 2-D map logs these, and a gating-map artifact
+            metrics["gate/tsne_kl"] = 0.5
         if model != "fcl":
             metrics["experts/load_cv2"] = 0.1 + seed / 100
             metrics["experts/load_max_over_mean"] = 1.5
@@ -132,7 +136,7 @@ def report_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def load(store: Path, experiment: str = "ssmoe") -> stats.Report:
+def load(store: Path, experiment: str = "ssmoe") -> Report:
     from ssmoe_cli.report import query
 
     client, uri = query.open_client(f"sqlite:///{store / 'mlflow.db'}")
@@ -140,7 +144,7 @@ def load(store: Path, experiment: str = "ssmoe") -> stats.Report:
     return build_report(finished, tracking_uri=uri, experiments=[experiment], excluded=others)
 
 
-def group(report: stats.Report, label: str) -> stats.Group:
+def group(report: Report, label: str) -> Group:
     return next(g for g in report.groups if g.label == label)
 
 
@@ -148,7 +152,7 @@ def group(report: stats.Report, label: str) -> stats.Group:
 
 
 def test_t_quantile_known_values_with_and_without_scipy():
-    for fn in (stats.t_quantile, stats._t_quantile_fallback):
+    for fn in (intervals.t_quantile, intervals.t_quantile_fallback):
         assert fn(0.975, 1) == pytest.approx(12.706, abs=1e-3)
         assert fn(0.975, 2) == pytest.approx(4.303, abs=1e-3)
         assert fn(0.975, 4) == pytest.approx(2.776, abs=1e-3)
@@ -169,12 +173,12 @@ def test_summary_mean_sample_std_and_ci_by_hand():
 
 
 def test_pairing_uses_common_seeds_only():
-    p = stats.paired_differences({"0": 0.815, "1": 0.815, "2": 0.82}, {"1": 0.80, "2": 0.81, "3": 0.79}, scale=100)
+    p = intervals.paired_differences({"0": 0.815, "1": 0.815, "2": 0.82}, {"1": 0.80, "2": 0.81, "3": 0.79}, scale=100)
     assert p.seeds == ("1", "2") and p.diffs == pytest.approx((1.5, 1.0))
     assert p.summary.mean == pytest.approx(1.25)
     assert p.summary.std == pytest.approx(math.sqrt(0.125))
     assert p.summary.half_width == pytest.approx(T975_1 * math.sqrt(0.125) / math.sqrt(2))
-    assert stats.paired_differences({"0": 1.0}, {"1": 1.0}).n == 0
+    assert intervals.paired_differences({"0": 1.0}, {"1": 1.0}).n == 0
 
 
 def test_repeated_seed_counts_once():
@@ -188,8 +192,8 @@ def test_repeated_seed_counts_once():
     ]
     report = build_report(runs)
     (g,) = report.groups
-    assert [r.run_id for r in g.runs] == ["b"] and g.duplicates == 1
-    assert any("repeat a seed" in n for n in report.notes)
+    assert [r.run_id for r in g.runs] == ["b"] and [(s.run.run_id, s.kept.run_id) for s in g.set_aside] == [("a", "b")]
+    assert any(n.startswith("set aside a: seed 0 of fcl / none again") for n in report.notes)
 
 
 def _synthetic(model: str, prune: str, accs: list[float], nonzero: float, **tags: str) -> list[RunRecord]:
@@ -210,7 +214,7 @@ def test_blank1_unsupported_when_no_ptsne_within_tolerance():
     )
     (f,) = build_report(runs, tolerance=1.0).findings
     assert f.compression.claim.status == "not supported" and f.compression.percent is None
-    assert "no ptsne_moe configuration within 1 point of the dense FCL" in f.compression.claim.reason
+    assert "no ptsne_moe configuration within 1 point of the dense fcl" in f.compression.claim.reason
     assert "best: ptsne_moe / magnitude at 85.50%" in f.compression.claim.reason
     assert "compression ratio of ? over" in f.sentence
     # A looser tolerance admits it.
@@ -241,7 +245,7 @@ def test_blanks_per_data_set_and_gate_ablation_is_not_the_paper_model():
     # model=ptsne_moe gating=noisy_topk is an ablation: smaller and better, still never blank 1's choice.
     runs += _synthetic("ptsne_moe", "magnitude", [0.95, 0.95], 1e3, data="digits", gating="noisy_topk")
     report = build_report(runs)
-    assert report.keys == ["model", "prune", "gating", "data"]  # gating varies within ptsne_moe runs
+    assert report.keys == ["model", "prune", "data", "gating"]  # gating varies within ptsne_moe runs
     assert [f.context_label for f in report.findings] == ["data=digits", "data=mnist"]
     for f in report.findings:
         assert f.compression.chosen is not None and f.compression.chosen.value("gating") == "ptsne"
@@ -249,18 +253,18 @@ def test_blanks_per_data_set_and_gate_ablation_is_not_the_paper_model():
 
 
 def test_sgmoe_claims_definitions():
-    two = stats.paired_differences({"0": 0.9, "1": 0.91}, {"0": 0.8, "1": 0.82}, scale=100)  # +10, +9
-    acc, size = stats._sgmoe_claims(two, 1.2)
+    two = intervals.paired_differences({"0": 0.9, "1": 0.91}, {"0": 0.8, "1": 0.82}, scale=100)  # +10, +9
+    acc, size = claims._versus_claims(two, 1.2)
     assert acc.status == "supported" and size.status == "supported"
-    worse = stats.paired_differences({"0": 0.8, "1": 0.81}, {"0": 0.9, "1": 0.92}, scale=100)
-    acc, size = stats._sgmoe_claims(worse, 1.2)
+    worse = intervals.paired_differences({"0": 0.8, "1": 0.81}, {"0": 0.9, "1": 0.92}, scale=100)
+    acc, size = claims._versus_claims(worse, 1.2)
     assert acc.status == "not supported" and size.status == "not supported" and "significantly worse" in size.reason
-    noisy = stats.paired_differences({"0": 0.9, "1": 0.8}, {"0": 0.85, "1": 0.84}, scale=100)
-    acc, size = stats._sgmoe_claims(noisy, 0.9)
+    noisy = intervals.paired_differences({"0": 0.9, "1": 0.8}, {"0": 0.85, "1": 0.84}, scale=100)
+    acc, size = claims._versus_claims(noisy, 0.9)
     assert acc.status == "not supported" and "CI includes 0" in acc.reason
-    assert size.status == "not supported" and "1.11x the nonzero" in size.reason
-    one = stats.paired_differences({"0": 0.9}, {"0": 0.85}, scale=100)
-    acc, size = stats._sgmoe_claims(one, 1.2)
+    assert size.status == "not supported" and "ptsne_moe has 1.11x more nonzero parameters than sgmoe" in size.reason
+    one = intervals.paired_differences({"0": 0.9}, {"0": 0.85}, scale=100)
+    acc, size = claims._versus_claims(one, 1.2)
     assert acc.status == "not measurable" and "single seed: no CI" in acc.reason
     assert size.status == "not measurable"
 
@@ -274,7 +278,7 @@ def test_groups_and_statistics_from_mlflow(store):
     fcl = group(report, "fcl / none")
     acc = fcl.summary("test/acc")
     assert (acc.n, acc.mean, acc.std) == (3, pytest.approx(0.82), pytest.approx(0.02))
-    assert acc.half_width == pytest.approx(T975_2 * 0.02 / math.sqrt(3))
+    assert acc.half_width == pytest.approx(T975_2 * 0.02 / math.sqrt(3))  # far from 0 and 1: not cut
     # The FAILED run (seed 5) is left out of the statistics, and said so.
     chosen = group(report, "ptsne_moe / magnitude / target_sparsity=0.9")
     assert chosen.seeds == ["0", "1", "2"]
@@ -296,8 +300,8 @@ def test_blanks_on_hand_made_runs(store):
     assert c.ratio == pytest.approx(FCL_NONZERO / 33_000)
     assert c.claim.status == "supported"
     # Blank 2's headline is blank 1's prune setting; seeds 1 and 2 pair: +1.5 and +1.0 points.
-    m = f.sgmoe.headline
-    assert m is not None and m.sgmoe.label == "sgmoe / magnitude / target_sparsity=0.9"
+    m = f.versus.headline
+    assert m is not None and m.other.label == "sgmoe / magnitude / target_sparsity=0.9"
     assert m.acc.seeds == ("1", "2") and m.acc.summary.mean == pytest.approx(1.25)
     assert m.acc.summary.half_width == pytest.approx(T975_1 * math.sqrt(0.125) / math.sqrt(2))
     assert m.nonzero_ratio == pytest.approx(35_000 / 33_000)
@@ -305,11 +309,11 @@ def test_blanks_on_hand_made_runs(store):
     assert m.accuracy_claim.status == "not supported" and "CI includes 0" in m.accuracy_claim.reason
     assert m.compression_claim.status == "supported"
     # The obd pair has a single seed: no CI, said plainly.
-    obd = next(x for x in f.sgmoe.matches if x.ptsne.prune == "obd")
+    obd = next(x for x in f.versus.matches if x.proposed.prune == "obd")
     assert obd.acc.n == 1 and obd.acc.summary.ci_low is None
     assert obd.accuracy_claim.status == "not measurable" and "single seed: no CI" in obd.accuracy_claim.reason
     # 0.95 has no sgmoe counterpart: only two matches.
-    assert len(f.sgmoe.matches) == 2
+    assert len(f.versus.matches) == 2
     assert "87.6 percent (8.1x fewer nonzero parameters)" in f.sentence
     assert "+1.25 point (95% CI -1.93..+4.43, 2 seeds) accuracy difference and 1.06x fewer" in f.sentence
 
@@ -317,7 +321,7 @@ def test_blanks_on_hand_made_runs(store):
 def test_formats_are_parseable(store):
     report = load(store)
     data = json.loads(render(report, "json"))
-    assert data["findings"][0]["compression_vs_fcl"]["chosen"] == "ptsne_moe / magnitude / target_sparsity=0.9"
+    assert data["findings"][0]["compression_vs_dense"]["chosen"] == "ptsne_moe / magnitude / target_sparsity=0.9"
     assert data["groups"][0]["metrics"]["test/acc"]["std"] == pytest.approx(0.02)
     assert data["groups"][0]["metrics"]["experts/load_cv2"] == {
         "n": 0,
@@ -333,17 +337,17 @@ def test_formats_are_parseable(store):
     assert md.startswith("# ssmoe report") and "| model | prune |" in md
     assert "82.00 ± 2.00 [77.03, 86.97]" in md and "—" in md and "(n=2/3)" in md and "(1 seed: std/CI n/a)" in md
     page = render(report, "html")
-    assert page.startswith("<!DOCTYPE html>") and page.count("<table>") == 2 and "</html>" in page
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table") == 2 and "</html>" in page
 
 
 # --------------------------------------------------------------------------- the CLI end to end
 
 
-def test_cli_report_with_defaults_writes_plots_and_a_report_run(workdir):
-    proc = report_cli(workdir, "--include-failed")
+def test_cli_report_with_defaults_writes_plots_and_a_report_run_on_request(workdir):
+    proc = report_cli(workdir, "-e", "ssmoe", "--include-failed", "--log-run")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "ssmoe report: accuracy and size" in out and "The paper's claims" in out
+    assert "ssmoe report: mean ± std over seeds" in out and "The paper's claims" in out
     assert "achieves a compression ratio of 87.6 percent" in out
     assert "supported" in out and "RuntimeError: diverged" in out  # --include-failed lists the failed run
     plots = workdir / "reports" / "ssmoe"
@@ -363,20 +367,27 @@ def test_cli_report_with_defaults_writes_plots_and_a_report_run(workdir):
     top = {a.path for a in client.list_artifacts(rid)}
     assert {"report.md", "report.json", "plots"} <= top
     assert "plots/accuracy_vs_nonzero.png" in {a.path for a in client.list_artifacts(rid, "plots")}
-    # A second report reads the same training runs: the report run is never one of them.
-    proc = report_cli(workdir, "--format", "json", "--no-mlflow-run")
+    # A second report reads the same training runs (the report run is never one of them) and, without
+    # --log-run, logs nothing: still one report run. The old opt-out is still accepted.
+    proc = report_cli(workdir, "-e", "ssmoe", "--format", "json", "--no-mlflow-run")
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)  # nothing but JSON on stdout; the tables went to stderr
+    data = json.loads(proc.stdout)  # nothing but JSON on stdout, a short note on stderr
     assert sum(g["runs"] for g in data["groups"]) == 15
-    assert "ssmoe report: accuracy and size" in proc.stderr
+    assert "mean ± std" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
+    reports = mlflow.search_runs(experiment_names=["ssmoe"], filter_string="tags.run_type = 'report'")
+    assert len(reports) == 1
 
 
 def test_cli_markdown_to_stdout_and_output_file(workdir):
-    proc = report_cli(workdir, "--format", "markdown", "--no-mlflow-run", "-e", "only_fcl")
+    proc = report_cli(workdir, "--format", "markdown", "-e", "only_fcl")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("# ssmoe report") and "not measurable" in proc.stdout
-    assert "no ptsne_moe runs" in proc.stderr  # the claims also reach the person, on stderr
-    proc = report_cli(workdir, "--output", "out/table.csv", "--no-mlflow-run", "--plots-dir", "figs")
+    # stderr: a short note saying where the report went, never the tables again.
+    assert proc.stderr.splitlines() == [
+        f"1 configuration(s) from 2 run(s) in experiment(s) 'only_fcl' at sqlite:///{workdir / 'mlflow.db'}; "
+        "markdown on stdout, 3 note(s) in it"  # what is not logged, and the two plots that had no data
+    ]
+    proc = report_cli(workdir, "-e", "ssmoe", "--output", "out/table.csv", "--plots-dir", "figs")
     assert proc.returncode == 0, proc.stderr
     header = (workdir / "out" / "table.csv").read_text().splitlines()[0]
     assert header.startswith("model,prune,target_sparsity,runs,seeds,test/acc:n")
@@ -386,14 +397,37 @@ def test_cli_markdown_to_stdout_and_output_file(workdir):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["-e", "nope"], 2, "no experiment named 'nope'"),
-        (["-e", "all_failed", "--include-failed"], 1, "no finished training runs in experiment(s) 'all_failed'"),
+        (["-e", "nope"], 2, "ssmoe: error: no experiment named 'nope'"),
+        (
+            ["-e", "all_failed", "--include-failed"],
+            1,
+            "ssmoe: error: no finished training runs in experiment(s) 'all_failed'",
+        ),
+        (["--tolerance", "-1"], 2, "ssmoe: error: --tolerance must be >= 0 (see ssmoe report --help)"),
+        (["--versus", "sgmoe:gating"], 2, "ssmoe: error: 'sgmoe:gating': expected MODEL[:KEY=VALUE,...]"),
     ],
 )
 def test_cli_clear_errors(workdir, args, code, message):
     proc = report_cli(workdir, *args)
     assert proc.returncode == code
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_without_experiment_reads_the_newest_finished_one_and_says_so(workdir):
+    proc = report_cli(workdir, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["experiments"] == ["only_fcl"]  # all_failed is newer but has nothing to report
+    note = proc.stderr.splitlines()[0]
+    assert note.startswith("ssmoe report: reading experiment 'only_fcl' (the newest finished training run is there")
+    assert "ssmoe" in note and "all_failed" in note  # the others, to choose with -e
+
+
+def test_cli_corrupt_store_is_one_line(tmp_path):
+    (tmp_path / "mlflow.db").write_bytes(b"this is not a database\n" * 100)
+    proc = report_cli(tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"ssmoe: error: cannot read the MLflow store at sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def test_cli_missing_store_is_not_created(tmp_path):

@@ -9,25 +9,19 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssmoe_cli.report.stats import ACC, LOAD_METRICS, MODEL_ORDER, NONZERO, Group
+from ssmoe_cli.metrics import LOAD, PARAMS_NONZERO, TEST_ACC
+from ssmoe_cli.plots import pyplot
+from ssmoe_cli.report.records import Group
 
-_COLOURS = {"fcl": "tab:gray", "moe": "tab:green", "sgmoe": "tab:blue", "ptsne_moe": "tab:red"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_PALETTE = ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink")
 
 
-def _colour(model: str | None, extra: dict[str, str]) -> str:
-    if model in _COLOURS:
-        return _COLOURS[str(model)]
-    palette = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
-    return extra.setdefault(str(model), palette[len(extra) % len(palette)])
+def colours(groups: Sequence[Group]) -> dict[str, str]:
+    """One colour per model, in the order the models first appear in the table (no model is named here)."""
+    out: dict[str, str] = {}
+    for g in groups:
+        out.setdefault(str(g.model), _PALETTE[len(out) % len(_PALETTE)])
+    return out
 
 
 def _human(value: float, _pos: object = None) -> str:
@@ -56,16 +50,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def accuracy_vs_params(groups: Sequence[Group], path: Path) -> Path | None:
     """Test accuracy vs nonzero parameters (log x): one point per configuration, std error bars, Pareto front."""
-    shown = [g for g in groups if g.mean(ACC) is not None and (g.mean(NONZERO) or 0) > 0]
+    shown = [g for g in groups if g.mean(TEST_ACC) is not None and (g.mean(PARAMS_NONZERO) or 0) > 0]
     if not shown:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    points = [(float(g.mean(NONZERO) or 0), 100 * float(g.mean(ACC) or 0)) for g in shown]
-    extra: dict[str, str] = {}
+    points = [(float(g.mean(PARAMS_NONZERO) or 0), 100 * float(g.mean(TEST_ACC) or 0)) for g in shown]
+    colour = colours(groups)
     seen: set[str] = set()
     for g, (x, y) in zip(shown, points, strict=True):
-        acc, nz = g.summary(ACC), g.summary(NONZERO)
+        acc, nz = g.summary(TEST_ACC), g.summary(PARAMS_NONZERO)
         model = str(g.model)
         # Single-seed configurations get no error bar: there is no std to draw.
         ax.errorbar(
@@ -76,7 +70,7 @@ def accuracy_vs_params(groups: Sequence[Group], path: Path) -> Path | None:
             fmt="o",
             ms=6,
             capsize=3,
-            color=_colour(model, extra),
+            color=colour[model],
             label=None if model in seen else model,
         )
         seen.add(model)
@@ -103,17 +97,15 @@ def accuracy_vs_params(groups: Sequence[Group], path: Path) -> Path | None:
 
 def expert_load(groups: Sequence[Group], path: Path) -> Path | None:
     """Bars of experts/load_cv2 and experts/load_max_over_mean (mean ± std) for each MoE configuration."""
-    shown = [g for g in groups if any(g.summary(m).n for m in LOAD_METRICS)]
+    shown = [g for g in groups if any(g.summary(m).n for m in LOAD)]
     if not shown:
         return None
-    plt = _pyplot()
-    order = {m: i for i, m in enumerate(MODEL_ORDER)}
-    shown.sort(key=lambda g: order.get(str(g.model), len(order)))
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.2 * len(shown) + 4), 5), dpi=110)
-    extra: dict[str, str] = {}
+    colour = colours(groups)
     labels = [g.label for g in shown]
     titles = ("load CV² (balanced: 0)", "load max / mean (balanced: 1)")
-    for ax, metric, ideal, title in zip(axes, LOAD_METRICS, (0.0, 1.0), titles, strict=True):
+    for ax, metric, ideal, title in zip(axes, LOAD, (0.0, 1.0), titles, strict=True):
         means = [g.mean(metric) for g in shown]
         stds = [g.summary(metric).std for g in shown]
         ax.bar(
@@ -122,7 +114,7 @@ def expert_load(groups: Sequence[Group], path: Path) -> Path | None:
             # NaN draws no error bar: a single seed has no std (a zero-length bar would claim one).
             yerr=[math.nan if s is None else s for s in stds],
             capsize=3,
-            color=[_colour(g.model, extra) for g in shown],
+            color=[colour[str(g.model)] for g in shown],
         )
         for i, m in enumerate(means):
             if m is None:  # say so instead of drawing a zero-height bar that reads as a value

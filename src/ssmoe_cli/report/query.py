@@ -1,7 +1,8 @@
-"""Reading MLflow for `ssmoe report`: experiments by name, training runs, artifacts; and the report run.
+"""Reading MLflow for `ssmoe report`: the store, experiments, training runs, artifacts; the report run.
 
 Only runs tagged run_type=train are read, so report runs logged into the same experiments never mix
-with them. Every store call goes through tracking.retry (parallel writers lock SQLite).
+with them. Every store call goes through tracking's retry (parallel writers lock SQLite). A store
+that cannot be read (a corrupt mlflow.db, an unreachable server) is one error line, not a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ssmoe_cli.errors import SsmoeError
-from ssmoe_cli.report.stats import RunRecord
+from ssmoe_cli.report.records import RunRecord
 from ssmoe_cli.tracking import get_or_create_experiment, resolve_tracking_uri, retry
 
 TRAIN_FILTER = "tags.run_type = 'train'"
@@ -30,9 +31,10 @@ class ReportError(SsmoeError):
 
 
 def open_client(tracking_uri: str | None) -> tuple[Any, str]:
-    """An MlflowClient for the URI (default as `ssmoe train`); refuses a SQLite file that does not exist.
+    """An MlflowClient for the URI (default as `ssmoe train`) that has answered one query.
 
-    Opening a missing SQLite store would create an empty mlflow.db in the working directory.
+    Refuses a SQLite file that does not exist (opening it would create an empty mlflow.db here), and
+    turns a store that cannot be read into a ReportError naming it.
     """
     uri = resolve_tracking_uri(tracking_uri)
     prefix = "sqlite:///"
@@ -43,7 +45,16 @@ def open_client(tracking_uri: str | None) -> tuple[Any, str]:
         )
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri), uri
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        retry(lambda: client.search_experiments(max_results=1))
+    except Exception as exc:  # sqlalchemy's DatabaseError, MlflowException, connection errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReportError(
+            f"cannot read the MLflow store at {uri} ({first[:200]}); check --tracking-uri, "
+            "or move a damaged mlflow.db aside and re-run `ssmoe train`"
+        ) from None
+    return client, uri
 
 
 def find_experiments(client: Any, names: Sequence[str], uri: str) -> list[Any]:
@@ -62,6 +73,31 @@ def find_experiments(client: Any, names: Sequence[str], uri: str) -> list[Any]:
             f"experiments there: {', '.join(existing) or 'none'}"
         )
     return found
+
+
+def latest_experiment(client: Any, uri: str) -> Any:
+    """The experiment of the newest FINISHED training run (what a bare `ssmoe report` reads)."""
+    runs = retry(
+        lambda: client.search_runs(
+            [e.experiment_id for e in retry(lambda: client.search_experiments())],
+            f"{TRAIN_FILTER} and attributes.status = 'FINISHED'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+    )
+    if not runs:
+        raise ReportError(f"no finished training runs in any experiment at {uri}: run `ssmoe train` first", exit_code=1)
+    return retry(lambda: client.get_experiment(runs[0].info.experiment_id))
+
+
+def experiments_with_runs(client: Any) -> list[str]:
+    """Names of the experiments that hold training runs, newest first."""
+    names = []
+    for exp in retry(lambda: client.search_experiments()):
+        page = retry(lambda exp=exp: client.search_runs([exp.experiment_id], TRAIN_FILTER, max_results=1))
+        if page:
+            names.append(exp.name)
+    return names
 
 
 def _record(run: Any, experiment: str) -> RunRecord:

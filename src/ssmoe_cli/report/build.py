@@ -1,0 +1,149 @@
+"""The whole report before rendering: configurations, their statistics, the claims per context, notes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ssmoe_cli import metrics as M
+from ssmoe_cli.report.claims import (
+    NETWORK_TAGS,
+    Claim,
+    Findings,
+    compression_vs_dense,
+    sentence,
+    versus,
+)
+from ssmoe_cli.report.records import BASE_KEYS, PARAM, Group, Key, RunRecord, group_runs, short_names
+from ssmoe_cli.report.roles import Roles
+
+# Params under these parts of the config say which network was trained; the others (data, optim,
+# trainer, ...) are the context within which networks are compared.
+_NETWORK_PARTS = ("model.", "prune.", "gating.", "topology.")
+# Metrics whose values are fractions in [0, 1]: their intervals are cut to it (report/intervals.py).
+BOUNDED = frozenset(m.name for m in M.ALL if m.kind == "fraction")
+
+
+@dataclass
+class Report:
+    """Everything `ssmoe report` shows, before rendering."""
+
+    tracking_uri: str
+    experiments: list[str]
+    keys: list[str]  # the keys row labels show (model, prune, then what varies)
+    groups: list[Group]
+    metrics: list[M.Metric]  # the columns: metrics.REPORT logged by at least one run
+    findings: list[Findings]
+    tolerance: float
+    roles: Roles = field(default_factory=Roles)
+    excluded: list[RunRecord] = field(default_factory=list)  # train runs not FINISHED
+    show_excluded: bool = False  # --include-failed: list them
+    notes: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    report_run: str | None = None
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Each shown key's short name (column headers, labels)."""
+        return short_names(self.keys)
+
+    @property
+    def set_aside(self) -> list:
+        return [s for g in self.groups for s in g.set_aside]
+
+
+def context_keys(keys: Sequence[str]) -> list[str]:
+    """Shown keys that are not about the network (data, training settings, user keys): blanks per value."""
+    return [
+        k
+        for k in keys
+        if k not in (*BASE_KEYS, *NETWORK_TAGS)
+        and not (k.startswith(PARAM) and k[len(PARAM) :].startswith(_NETWORK_PARTS))
+    ]
+
+
+def analyse(groups: Sequence[Group], keys: Sequence[str], tolerance: float, roles: Roles = Roles()) -> list[Findings]:
+    """The two blanks, the sentence and the claims, once per context (e.g. per data set)."""
+    ckeys = context_keys(keys)
+    names = short_names(keys)
+    contexts: dict[Key, list[Group]] = {}
+    for g in groups:
+        contexts.setdefault(tuple((k, g.value(k)) for k in ckeys), []).append(g)
+    findings = []
+    for ctx, members in contexts.items():
+        blank1 = compression_vs_dense(members, tolerance, roles)
+        blank2 = versus(members, keys, prefer=blank1.chosen, roles=roles)
+        claims = [blank1.claim]
+        if blank2.headline is None:
+            claims += [
+                Claim(f"accuracy improvement vs {roles.versus}", "not measurable", blank2.reason),
+                Claim(f"compression improvement vs {roles.versus}", "not measurable", blank2.reason),
+            ]
+        else:
+            where = f" [{blank2.headline.setting_label}]"
+            claims += [
+                Claim(c.claim + where, c.status, c.reason)
+                for c in (blank2.headline.accuracy_claim, blank2.headline.compression_claim)
+            ]
+        findings.append(Findings(ctx, names, blank1, blank2, sentence(blank1, blank2, roles), claims))
+    return findings
+
+
+def _notes(report: Report, runs: Sequence[RunRecord], extra_keys: Sequence[str]) -> list[str]:
+    notes = []
+    absent = [m.name for m in map(M.get, M.REPORT) if m not in report.metrics]
+    if runs and absent:
+        notes.append(f"not logged by any selected run: {', '.join(absent)}")
+    unknown = [k for k in extra_keys if runs and all(run.get(k) is None for run in runs)]
+    if unknown:  # most likely a typo (params.x vs tags): say so rather than show a column of dashes
+        notes.append(f"no selected run has the grouping key(s): {', '.join(unknown)} (tags: NAME; params: params.NAME)")
+    for g in report.groups:
+        for s in g.set_aside:
+            notes.append(
+                f"set aside {s.run.label}: seed {s.run.seed} of {g.label} again, "
+                f"and the later run {s.kept.label} counts (one sample per seed)"
+            )
+    single = [g.label for g in report.groups if len(g.runs) == 1]
+    if single:
+        notes.append(f"{len(single)} configuration(s) with a single run: std and CI are n/a ({'; '.join(single)})")
+    partial = sorted(
+        {m.name for g in report.groups for m in report.metrics if 0 < g.summary(m.name).n < len(g.runs)},
+        key=list(M.REPORT).index,
+    )
+    if partial:
+        notes.append(f"missing in some runs (n per cell is shown): {', '.join(partial)}")
+    if report.excluded:
+        how = "listed below" if report.show_excluded else "--include-failed lists them"
+        notes.append(f"{len(report.excluded)} training run(s) not FINISHED were left out ({how})")
+    return notes
+
+
+def build_report(
+    runs: Sequence[RunRecord],
+    *,
+    tracking_uri: str = "",
+    experiments: Sequence[str] = (),
+    extra_keys: Sequence[str] = (),
+    tolerance: float = 1.0,
+    roles: Roles = Roles(),
+    excluded: Sequence[RunRecord] = (),
+    show_excluded: bool = False,
+) -> Report:
+    """Group finished training runs, summarise the metrics and fill the blanks."""
+    groups, keys = group_runs(runs, extra_keys, bounded=BOUNDED)
+    groups.sort(key=lambda g: roles.rank(g.model))  # stable: within a rank, the grouping's order
+    columns = [M.get(name) for name in M.REPORT if any(run.metric(name) is not None for run in runs)]
+    report = Report(
+        tracking_uri=tracking_uri,
+        experiments=list(experiments),
+        keys=keys,
+        groups=groups,
+        metrics=columns,
+        findings=analyse(groups, keys, tolerance, roles) if groups else [],
+        tolerance=tolerance,
+        roles=roles,
+        excluded=list(excluded),
+        show_excluded=show_excluded,
+    )
+    report.notes = _notes(report, runs, extra_keys)
+    return report
