@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ssmoe_cli.accounting import latency_ms
 from ssmoe_cli.export import export_model, load_model, use_sparse_kernels
+from ssmoe_cli.models.registry import build as build_model
 from ssmoe_cli.prune.base import prune_to, target_layers
+from ssmoe_cli.timing import latency_ms
 
 
 def build(model: str) -> tuple[torch.nn.Module, dict]:
@@ -31,7 +31,7 @@ def build(model: str) -> tuple[torch.nn.Module, dict]:
         cfg = compose("train", overrides=[f"model={model}", "hydra.runtime.output_dir=/tmp"])
     config = OmegaConf.to_container(cfg.model, resolve=True)
     torch.manual_seed(0)
-    return instantiate(config).eval(), config
+    return build_model(config).eval(), config
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from collections.abc import Iterator
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from ssmoe_cli.models.layers import ExpertLinear, MaskedLinear
+from ssmoe_cli.timing import latency_ms
 
 
 @contextlib.contextmanager
@@ -84,18 +84,6 @@ class CSRExpertLinear(nn.Module):
         return out + self.bias.unsqueeze(1) if self.bias is not None else out
 
 
-def _median_ms(fn, x: torch.Tensor, repeats: int = 15) -> float:
-    with torch.inference_mode():
-        for _ in range(3):
-            fn(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
-
-
 def use_sparse_kernels(
     model: nn.Module, batch_size: int = 256, min_sparsity: float = 0.5, min_speedup: float = 1.1
 ) -> dict[str, bool]:
@@ -115,7 +103,8 @@ def use_sparse_kernels(
             rows = max(1, batch_size // layer.num_experts)
             sparse = CSRExpertLinear(layer)
             x = torch.randn(layer.num_experts, rows, layer.in_features, device=device)
-        faster = _median_ms(layer, x) > min_speedup * _median_ms(sparse, x)
+        # 15 timed calls after 5 untimed ones: enough to rank two kernels, quick at load time.
+        faster = latency_ms(layer, x, repeats=15) > min_speedup * latency_ms(sparse, x, repeats=15)
         decisions[name] = faster
         if faster:
             parent_name, _, child = name.rpartition(".")
