@@ -1,4 +1,5 @@
-"""Models and accounting: FCL size, the masked layer, the metrics read from masks, and the contracts\n(what a model may import, the Gate base, routing facts, routing metrics for any model, the timer)."""
+"""Models and accounting: FCL size, the masked layer, the metrics read from masks, and the contracts
+(what a model may import, the Gate base, routing facts, routing metrics for any model, the timer)."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def test_a_gate_must_implement_the_contract():
 
 def test_a_gate_without_a_map_has_no_positions_embedding_or_diagnostics():
     gate = NoisyTopKGate(6, 4, 2)
-    assert gate.positions is None and gate.embed(torch.randn(3, 6)) is None and gate.diagnostics(torch.randn(3, 6)) == {}
+    x = torch.randn(3, 6)
+    assert gate.positions is None and gate.embed(x) is None and gate.diagnostics(x) == {}
 
 
 def test_routing_facts_of_a_moe_and_of_a_dense_model():
