@@ -9,3 +9,4 @@
     cells.py, render.py, terminal.py   how it reads: markdown/CSV/JSON/HTML files, terminal tables
     plots.py, publish.py               PNG plots; the report run (--log-run)
     cli.py        the command line
+"""
