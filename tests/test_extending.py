@@ -22,7 +22,10 @@ def test_worked_example_runs_as_documented(tmp_path):
         content, name = block
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(content)
-    assert (tmp_path / "my_gates.py").is_file() and (tmp_path / "my_conf/gating/cosine.yaml").is_file()
+    for name in ("my_gates.py", "my_topologies.py", "my_pruning.py"):
+        assert (tmp_path / name).is_file(), name
+    for name in ("gating/cosine.yaml", "topology/ring.yaml", "prune/random.yaml"):
+        assert (tmp_path / "my_conf" / name).is_file(), name
     command = next(line for line in text.splitlines() if line.startswith("PYTHONPATH=. ssmoe train"))
     words = shlex.split(command)
     env = {**cli_env(tmp_path), "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -32,5 +35,7 @@ def test_worked_example_runs_as_documented(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     run = search_runs(tmp_path).iloc[0]
-    assert run["tags.gating"] == "cosine" and run.status == "FINISHED"
+    assert run.status == "FINISHED"
+    assert (run["tags.gating"], run["tags.topology"], run["tags.prune"]) == ("cosine", "ring", "random")
     assert run["metrics.test/acc"] > 0.3
+    assert run["metrics.prune/sparsity"] == pytest.approx(0.9, abs=1e-3)  # the schedule's default target
