@@ -64,7 +64,8 @@ class Metric:
     (a few words: tables must fit an 80-column terminal). fmt: a str.format spec for one value in
     the console summary. kind: how the report shows a mean and its spread (a fraction in [0, 1] is
     shown in percent). when: every epoch or once at the end of a run. scope: which runs log it
-    (all models, mixtures of experts only, or gates with a 2-D map only).
+    (all models, mixtures of experts only, or gates with a 2-D map only). low, high: the values the
+    metric can take (None: unbounded); the report keeps its confidence intervals inside them.
     """
 
     name: str
@@ -74,6 +75,13 @@ class Metric:
     kind: Kind
     when: When = "end"
     scope: Scope = "all"
+    low: float | None = 0.0  # most metrics are counts, sizes, times, losses: never negative
+    high: float | None = None
+
+    @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        """(low, high); a fraction is always within [0, 1]."""
+        return (0.0, 1.0) if self.kind == "fraction" else (self.low, self.high)
 
     def format(self, value: float) -> str:
         """One value as the console summary shows it."""
@@ -102,8 +110,8 @@ ALL: tuple[Metric, ...] = (
     Metric(INFER_MS_B1, "inference, batch 1 (ms)", "ms b1", "{:.3f}", "float"),
     Metric(INFER_MS_B256, "inference, batch 256 (ms)", "ms b256", "{:.3f}", "float"),
     Metric(LOAD_CV2, "expert load CV^2", "load CV²", "{:.3f}", "float", scope="moe"),
-    Metric(LOAD_MAX_OVER_MEAN, "expert load max / mean", "load max/mean", "{:.2f}", "float", scope="moe"),
-    Metric(OUTPUT_CORR, "expert output correlation", "expert corr", "{:.3f}", "float", scope="moe"),
+    Metric(LOAD_MAX_OVER_MEAN, "expert load max / mean", "load max/mean", "{:.2f}", "float", scope="moe", low=1.0),
+    Metric(OUTPUT_CORR, "expert output correlation", "expert corr", "{:.3f}", "float", scope="moe", low=-1.0, high=1.0),
     Metric(GATE_ENTROPY, "gate entropy (nats)", "gate entropy", "{:.3f}", "float", scope="moe"),
     Metric(GATE_TSNE_KL, "gate t-SNE KL", "t-SNE KL", "{:.3f}", "float", scope="map"),
     Metric(GATE_TRUSTWORTHINESS, "gate trustworthiness T(12)", "trust T(12)", "{:.4f}", "fraction", scope="map"),

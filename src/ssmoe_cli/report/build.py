@@ -20,8 +20,8 @@ from ssmoe_cli.report.roles import Roles
 # Params under these parts of the config say which network was trained; the others (data, optim,
 # trainer, ...) are the context within which networks are compared.
 _NETWORK_PARTS = ("model.", "prune.", "gating.", "topology.")
-# Metrics whose values are fractions in [0, 1]: their intervals are cut to it (report/intervals.py).
-BOUNDED = frozenset(m.name for m in M.ALL if m.kind == "fraction")
+# The values each metric can take: confidence intervals are cut to them (report/intervals.py).
+BOUNDS = {m.name: m.bounds for m in M.ALL}
 
 
 @dataclass
@@ -130,7 +130,7 @@ def build_report(
     show_excluded: bool = False,
 ) -> Report:
     """Group finished training runs, summarise the metrics and fill the blanks."""
-    groups, keys = group_runs(runs, extra_keys, bounded=BOUNDED)
+    groups, keys = group_runs(runs, extra_keys, bounds=BOUNDS)
     groups.sort(key=lambda g: roles.rank(g.model))  # stable: within a rank, the grouping's order
     columns = [M.get(name) for name in M.REPORT if any(run.metric(name) is not None for run in runs)]
     report = Report(

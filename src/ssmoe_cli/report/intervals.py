@@ -1,8 +1,9 @@
 """Mean, sample std and 95% confidence intervals over seeds (pure Python; scipy only when installed).
 
-The interval of a mean is Student's t interval, mean ± t(0.975, n-1) * std / sqrt(n). For a
-fraction that cannot leave [0, 1] (accuracy, sparsity), it is that interval intersected with
-[0, 1]: a t interval of 99.0, 99.5, 99.9% reaches 100.6%, an accuracy no model can have.
+The interval of a mean is Student's t interval, mean ± t(0.975, n-1) * std / sqrt(n), intersected
+with the values the metric can take (ssmoe_cli.metrics: [0, 1] for a fraction such as accuracy,
+[0, inf) for counts and times): a t interval of 99.0, 99.5, 99.9% reaches 100.6%, an accuracy no
+model can have, and one of two epoch times 1.2 s and 3.4 s starts at -12 s.
 
 Why the intersection and not a logit-scale interval: the true mean accuracy lies in [0, 1], so
 removing the impossible part never removes it, and the interval keeps exactly the coverage of the t
@@ -37,14 +38,17 @@ class Summary:
 
     @property
     def half_width(self) -> float | None:
-        """Half the interval's width (half its span where [0, 1] cut it)."""
+        """Half the interval's width (half its span where the metric's bounds cut it)."""
         if self.ci_low is None or self.ci_high is None:
             return None
         return (self.ci_high - self.ci_low) / 2
 
 
-def summarize(values: Iterable[float | None], confidence: float = CONFIDENCE, bounded: bool = False) -> Summary:
-    """n, mean, sample std and CI; `bounded`: the values are fractions, the CI is cut to [0, 1].
+Bounds = tuple[float | None, float | None]
+
+
+def summarize(values: Iterable[float | None], confidence: float = CONFIDENCE, bounds: Bounds = (None, None)) -> Summary:
+    """n, mean, sample std and CI, the CI cut to `bounds` (low, high; None: unbounded).
 
     NaN, infinities and None are missing values, not samples.
     """
@@ -58,8 +62,10 @@ def summarize(values: Iterable[float | None], confidence: float = CONFIDENCE, bo
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
     low, high = mean - half, mean + half
-    if bounded:
-        low, high = max(low, 0.0), min(high, 1.0)
+    if bounds[0] is not None:
+        low = max(low, bounds[0])
+    if bounds[1] is not None:
+        high = min(high, bounds[1])
     return Summary(n, mean, std, low, high)
 
 

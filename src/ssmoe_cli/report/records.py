@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ssmoe_cli.report.intervals import Summary, summarize
+from ssmoe_cli.report.intervals import Bounds, Summary, summarize
 from ssmoe_cli.tracking import VOLATILE_KEYS
 
 BASE_KEYS = ("model", "prune")
@@ -85,7 +85,7 @@ class Group:
     runs: list[RunRecord]
     names: Mapping[str, str] = field(default_factory=dict)  # key -> its short name in labels
     set_aside: list[SetAside] = field(default_factory=list)
-    bounded: frozenset[str] = frozenset()  # metrics that are fractions in [0, 1] (CIs cut to [0, 1])
+    bounds: Mapping[str, Bounds] = field(default_factory=dict)  # metric -> the values it can take
     _summaries: dict[str, Summary] = field(default_factory=dict, repr=False)
 
     def value(self, key: str) -> str | None:
@@ -132,7 +132,7 @@ class Group:
 
     def summary(self, metric: str) -> Summary:
         if metric not in self._summaries:
-            self._summaries[metric] = summarize(self.values(metric), bounded=metric in self.bounded)
+            self._summaries[metric] = summarize(self.values(metric), bounds=self.bounds.get(metric, (None, None)))
         return self._summaries[metric]
 
     def mean(self, metric: str) -> float | None:
@@ -225,7 +225,7 @@ def _value_order(runs: Sequence[RunRecord], key: str) -> dict[str | None, tuple]
 
 
 def group_runs(
-    runs: Sequence[RunRecord], extra: Sequence[str] = (), bounded: Iterable[str] = ()
+    runs: Sequence[RunRecord], extra: Sequence[str] = (), bounds: Mapping[str, Bounds] | None = None
 ) -> tuple[list[Group], list[str]]:
     """(the configurations, the keys their labels show): see the module doc for the rule."""
     identity = identity_keys(runs)
@@ -248,7 +248,7 @@ def group_runs(
         kept = sorted([*latest.values(), *unseeded], key=lambda r: (_number_first(r.seed or ""), r.start_time))
         key = tuple((k, members[0].get(k)) for k in shown)
         set_aside = [SetAside(r, latest[str(r.seed)]) for r in aside]
-        groups.append(Group(key, kept, names, set_aside, frozenset(bounded)))
+        groups.append(Group(key, kept, names, set_aside, bounds or {}))
     orders = {k: _value_order(runs, k) for k in shown}
     groups.sort(key=lambda g: tuple(orders[k][v] for k, v in g.key))
     return groups, shown
