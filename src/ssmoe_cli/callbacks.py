@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
+from ssmoe_cli import signals
 from ssmoe_cli.errors import SsmoeError
 
 
@@ -81,3 +84,28 @@ class RngState(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         torch.set_rng_state(state_dict["torch"])
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, writing the run folder's checkpoints/last.ckpt (conf/callbacks).
+
+    Every run writes into its own output folder, a resumed one too, so the checkpoint it resumes
+    from was written elsewhere. Lightning then warns that "the dirpath has changed" and does not
+    restore its best / top-k bookkeeping of that folder; ssmoe keeps one file and monitors no metric,
+    so there is nothing to restore, and the file resumed from is kept (Lightning never deletes the
+    checkpoint a run resumed from). The warning would only alarm: it is left out, nothing else changes.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The dirpath has changed")
+            super().load_state_dict(state_dict)
+
+
+class StopOnSigterm(pl.Callback):
+    """A SIGTERM that arrived after `trainer.fit` was called but before Lightning installed its own
+    handler is sent again once Lightning listens, so that training stops at the first batch boundary
+    instead of running to the end (see ssmoe_cli.signals)."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        signals.redeliver_if_received()

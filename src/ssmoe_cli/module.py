@@ -44,9 +44,11 @@ class ClassifierModule(pl.LightningModule):
         out = self.model(x)
         ce = F.cross_entropy(out.logits, y)
         loss = ce + sum(out.aux.values()) if out.aux else ce
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP the epoch's value is the mean over every process's shard, not rank 0's
+        # alone; one all-reduce per metric at the epoch's end (a no-op in a single process).
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         for name, value in out.aux.items():
-            self.log(f"train/aux/{name}", value, on_step=False, on_epoch=True, batch_size=len(y))
+            self.log(f"train/aux/{name}", value, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy) -> None:
