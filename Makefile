@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:  make train   and   make test
-# (each sets up .venv first: CPU torch, the project with its dev extras, and the Fashion-MNIST files).
+# (each sets up .venv first: CPU torch, the project with its dev extras, and the Fashion-MNIST files;
+# `make test` also installs SLURM + munge for the single-node cluster of tests/test_slurm.py).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup data train test lint bench clean
+.PHONY: setup data slurm-packages train test lint bench clean
 
 setup: $(VENV)/.installed data
 
@@ -27,10 +28,21 @@ data:
 	    || echo "note: could not install dataset-fashion-mnist; ssmoe will download Fashion-MNIST instead"; \
 	fi
 
+# SLURM and munge for tests/test_slurm.py, which starts a single-node cluster on 127.0.0.1 (its daemons
+# run as root, so only as root where apt-get is available; elsewhere those tests skip and say why).
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+slurm-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && ! (command -v slurmctld && command -v slurmd && command -v sbatch && command -v munged) >/dev/null; then \
+	  (apt-cache show slurmd >/dev/null 2>&1 || apt-get update -qq) \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_PACKAGES) >/dev/null 2>&1 \
+	  || echo "note: could not install $(SLURM_PACKAGES); the SLURM tests will skip"; \
+	fi
+
 train: setup
 	$(BIN)/ssmoe train $(ARGS)
 
-test: setup
+test: setup slurm-packages
 	$(BIN)/python -m pytest -q
 
 lint: setup
