@@ -60,6 +60,7 @@ def test_80_column_terminal_shows_whole_headers_and_one_line_cells(sweep):
     # Every line fits, but those that end in a path (left whole for copying; the terminal folds them).
     assert max(len(line) for line in lines if str(sweep) not in line) <= 80
     assert "…" not in proc.stdout  # rich's mark of a cut header or cell
+    assert all(line[-1] in "┃│┓┩┘" for line in lines if line[:1] in "┃│┏┡└")  # no table cropped at the edge
     header_cells = {c.strip() for line in lines if line.startswith("┃") for c in line.strip("┃").split("┃")}
     for label in ("configuration", "runs", "test acc %", "nonzero", "active/sample", "vs FCL", "epoch s"):
         assert label in header_cells

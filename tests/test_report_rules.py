@@ -30,12 +30,12 @@ def run(rid: str, seed: int, tags: dict[str, str], params: dict[str, str], acc: 
 def test_grouping_uses_every_varying_key_less_the_seed_its_copies_and_volatile_keys():
     fcl = {"model": "fcl", "prune": "none"}
     runs = [
-        run("a", 0, fcl, {"optim.lr": "0.001", "threads": "1"}),
-        run("b", 1, fcl, {"optim.lr": "0.001", "threads": "2"}),
-        run("c", 0, fcl, {"optim.lr": "0.01", "threads": "1"}),
+        run("a", 0, fcl, {"optim.lr": "0.001", "skip_finished": "true"}),
+        run("b", 1, fcl, {"optim.lr": "0.001", "skip_finished": "false"}),
+        run("c", 0, fcl, {"optim.lr": "0.01", "skip_finished": "true"}),
     ]
     groups, keys = group_runs(runs)
-    # seed and model.seed (a copy of it) vary but are the seed; paths and threads say where/how a job ran.
+    # seed and model.seed (a copy of it) vary but are the seed; paths, skip_finished: where/how a job ran.
     assert keys == ["model", "prune", "params.optim.lr"]
     assert [(g.label, [r.run_id for r in g.runs]) for g in groups] == [
         ("fcl / none / lr=0.001", ["a", "b"]),
@@ -133,6 +133,35 @@ def test_roles_are_options_not_names_in_code():
     assert f.compression.claim.claim == "compression vs dense dense2"
     assert f.claims[1].reason == "no other runs"
     assert "This model (newmoe) achieves a compression ratio of 90.0 percent (10.0x fewer" in f.sentence
+
+
+def test_terminal_tables_fit_the_console_with_short_labels_too():
+    import io
+
+    from rich.console import Console
+
+    from ssmoe_cli.report.terminal import print_rich
+
+    runs = []
+    for model in ("fcl", "sgmoe"):
+        for seed in range(3):
+            metrics = {"test/acc": 0.9 + seed / 100, "params/nonzero": 266_610.0 + seed, "time/epoch_s": 1.5}
+            metrics |= {"params/active_per_sample": 1e5, "compression/ratio_vs_fcl": 1.0, "experts/load_cv2": 0.2}
+            runs.append(
+                RunRecord(
+                    f"{model}{seed}",
+                    tags={"model": model, "prune": "none"},
+                    params={"seed": str(seed)},
+                    metrics=metrics,
+                )
+            )
+    for width in (60, 80, 120):
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        print_rich(build_report(runs), console, intervals=True)
+        lines = console.file.getvalue().splitlines()
+        assert max(map(len, lines)) <= width and "…" not in console.file.getvalue()
+        assert all(line[-1] in "┃│┓┩┘" for line in lines if line[:1] in "┃│┏┡└"), width  # never cropped
+        assert any("91.00 ± 1.00" in line for line in lines)
 
 
 def test_html_embeds_plots_and_markdown_links_them_from_its_directory(tmp_path, monkeypatch):

@@ -25,15 +25,19 @@ def _width(texts: Sequence[str]) -> int:
     return max((len(t) for t in texts), default=0)
 
 
+def config_width(report: Report) -> int:
+    """The configuration column's width: whole labels up to _CONFIG_MIN, never narrower than a word."""
+    labels = [g.label for g in report.groups]
+    words = [w for label in labels for w in label.split()]
+    return max(_width(words), min(_width(labels), _CONFIG_MIN), len("configuration"))
+
+
 def pack_columns(report: Report, cell: Cell, width: int) -> list[list[Metric]]:
     """The metrics in REPORT order, split into runs of columns whose table fits `width` characters.
 
     A rich table with the default box takes 1 + sum(column width + 3) characters.
     """
-    labels = [g.label for g in report.groups]
-    words = [w for label in labels for w in label.split()]
-    config = max(_width(words), min(_width(labels), _CONFIG_MIN), len("configuration"))
-    free = width - 1 - (config + 3) - (len("runs") + 3)
+    free = width - 1 - (config_width(report) + 3) - (len("runs") + 3)
     chunks: list[list[Metric]] = [[]]
     used = 0
     for m in report.metrics:
@@ -54,7 +58,7 @@ def _tables(report: Report, console: Any, cell: Cell, what: str) -> None:
     for i, metrics in enumerate(chunks, start=1):
         part = f" ({i}/{len(chunks)})" if len(chunks) > 1 else ""
         table = Table(title=f"ssmoe report: {what} over seeds{part}")
-        table.add_column("configuration", overflow="fold", min_width=min(_CONFIG_MIN, console.width // 3))
+        table.add_column("configuration", overflow="fold", min_width=config_width(report))
         table.add_column("runs", justify="right", no_wrap=True)
         for m in metrics:
             table.add_column(m.short, justify="right", no_wrap=True)
