@@ -1,4 +1,5 @@
-"""The whole report before rendering: configurations, their statistics, the claims per context, notes."""
+"""The whole report before rendering: configurations, their statistics, the claims and the filled
+sentence per context, notes."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from ssmoe_cli import metrics as M
 from ssmoe_cli.report.claims import (
     NETWORK_TAGS,
     Claim,
+    CompressionBlank,
     Findings,
+    VersusBlank,
+    ci_text,
     compression_vs_dense,
-    sentence,
     versus,
 )
 from ssmoe_cli.report.records import BASE_KEYS, PARAM, Group, Key, RunRecord, group_runs, short_names
-from ssmoe_cli.report.roles import Roles
+from ssmoe_cli.report.roles import Roles, size_phrase
 
 # Params under these parts of the config say which network was trained; the others (data, optim,
 # trainer, ...) are the context within which networks are compared.
@@ -50,6 +53,33 @@ class Report:
     @property
     def set_aside(self) -> list:
         return [s for g in self.groups for s in g.set_aside]
+
+
+def _blank1_text(blank: CompressionBlank) -> str:
+    if blank.percent is None or blank.ratio is None:
+        return "?"
+    return f"{blank.percent:.1f} percent ({size_phrase(blank.ratio, digits=1)})"
+
+
+def _blank2_text(blank: VersusBlank) -> str:
+    m = blank.headline
+    if m is None:
+        return "?"
+    s = m.acc.summary
+    acc = "? point accuracy difference (no paired seeds)"
+    if s.mean is not None:
+        acc = f"{s.mean:+.2f} point ({ci_text(m.acc)}) accuracy difference"
+    size = "? nonzero-parameter ratio" if m.nonzero_ratio is None else size_phrase(m.nonzero_ratio)
+    return f"{acc} and {size} ({m.setting_label})"
+
+
+def sentence(compression: CompressionBlank, other: VersusBlank, roles: Roles = Roles()) -> str:
+    """The abstract's sentence with both blanks filled from the data ("?" where not measurable)."""
+    return (
+        f"This model ({roles.proposed}) achieves a compression ratio of {_blank1_text(compression)} over the "
+        f"dense {roles.dense} network and a {_blank2_text(other)} over {roles.versus} networks while achieving "
+        "similar performance metrics."
+    )
 
 
 def context_keys(keys: Sequence[str]) -> list[str]:

@@ -201,7 +201,7 @@ def _matched(a: Group, b: Group, keys: Sequence[str]) -> Key | None:
     return tuple(setting)
 
 
-def _ci_text(p: Paired) -> str:
+def ci_text(p: Paired) -> str:
     s = p.summary
     if s.ci_low is None or s.ci_high is None:
         return "single seed: no CI" if p.n == 1 else "no paired seeds"
@@ -217,7 +217,7 @@ def _versus_claims(acc: Paired, nz_ratio: float | None, roles: Roles = Roles()) 
     significantly worse (>= 2 paired seeds and the CI's upper bound >= 0); not measurable below 2
     paired seeds.
     """
-    s, ci = acc.summary, _ci_text(acc)
+    s, ci = acc.summary, ci_text(acc)
     name = f"accuracy improvement vs {roles.versus}"
     if acc.n == 0 or s.mean is None:
         a = Claim(name, "not measurable", f"no seed has {ACC} in both")
@@ -283,30 +283,3 @@ def versus(
     if headline is None:
         headline = max(matches, key=lambda m: m.acc.n)  # max keeps the first of equals: table order
     return VersusBlank(matches, headline)
-
-
-def _blank1_text(blank: CompressionBlank) -> str:
-    if blank.percent is None or blank.ratio is None:
-        return "?"
-    return f"{blank.percent:.1f} percent ({size_phrase(blank.ratio, digits=1)})"
-
-
-def _blank2_text(blank: VersusBlank) -> str:
-    m = blank.headline
-    if m is None:
-        return "?"
-    s = m.acc.summary
-    acc = "? point accuracy difference (no paired seeds)"
-    if s.mean is not None:
-        acc = f"{s.mean:+.2f} point ({_ci_text(m.acc)}) accuracy difference"
-    size = "? nonzero-parameter ratio" if m.nonzero_ratio is None else size_phrase(m.nonzero_ratio)
-    return f"{acc} and {size} ({m.setting_label})"
-
-
-def sentence(compression: CompressionBlank, other: VersusBlank, roles: Roles = Roles()) -> str:
-    """The abstract's sentence with both blanks filled from the data ("?" where not measurable)."""
-    return (
-        f"This model ({roles.proposed}) achieves a compression ratio of {_blank1_text(compression)} over the "
-        f"dense {roles.dense} network and a {_blank2_text(other)} over {roles.versus} networks while achieving "
-        "similar performance metrics."
-    )
