@@ -18,7 +18,7 @@ from ssmoe_cli.report.render import FORMATS
 from ssmoe_cli.report.roles import DEFAULT_DENSE, DEFAULT_PROPOSED, DEFAULT_VERSUS
 
 EPILOG = f"""examples:
-  ssmoe report                           the experiment with the newest training run, tables in the terminal
+  ssmoe report                           the experiment of the newest finished training run
   ssmoe report --experiment paper --format markdown > table.md
   ssmoe report -e sweep_a -e sweep_b --output report.html --intervals
   ssmoe report --group-by tags.sweep_id --tolerance 0.5 --log-run
@@ -26,7 +26,7 @@ EPILOG = f"""examples:
 Rows are configurations: runs that agree on every config key except the seed (keys that differ
 among the selected runs are named in the row). One run per seed counts; a repeated seed's older
 runs are set aside and listed. Cells are mean ± std over seeds; --intervals adds 95% confidence
-intervals (Student t; for accuracies, on the logit scale so that they stay within 0-100%).
+intervals (Student t, cut to what the metric can take: accuracy stays within 0-100%).
 
 The paper's blanks: (1) percent fewer nonzero parameters of the proposed model's configuration with
 the fewest nonzero parameters among those within --tolerance points of the dense model's accuracy;
@@ -34,6 +34,7 @@ the fewest nonzero parameters among those within --tolerance points of the dense
 the nonzero-parameter ratio. Roles default to --proposed {DEFAULT_PROPOSED} --dense {DEFAULT_DENSE}
 --versus {DEFAULT_VERSUS}.
 
+Details: docs/report.md.
 exit status: 0 report written; 1 no finished training runs; 2 no store or experiment, or bad options.
 """
 
