@@ -20,14 +20,15 @@ def latency_ms(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, repeats: int,
     """
     if repeats < 1:
         raise ValueError(f"latency_ms: repeats={repeats} must be >= 1")
-    was_training = fn.training if isinstance(fn, nn.Module) else None
-    if isinstance(fn, nn.Module):
-        fn.eval()
+    module = fn if isinstance(fn, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    times = []
     try:
         for _ in range(warmup):
             fn(x)
-        times = []
         for _ in range(repeats):
             sync()
             start = time.perf_counter()
@@ -35,6 +36,6 @@ def latency_ms(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, repeats: int,
             sync()
             times.append((time.perf_counter() - start) * 1e3)
     finally:
-        if isinstance(fn, nn.Module) and was_training is not None:
-            fn.train(was_training)
+        if module is not None:
+            module.train(was_training)
     return statistics.median(times)
