@@ -18,6 +18,7 @@ from ssmoe_cli.models.gating.base import Gate, GateOutput
 from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
 from ssmoe_cli.models.layers import MaskedLinear
 from ssmoe_cli.models.moe import MixtureOfExperts
+from ssmoe_cli.models.topology import Topology
 from ssmoe_cli.models.topology.small_world import SmallWorld
 from ssmoe_cli.plots import routing_plots
 from ssmoe_cli.timing import latency_ms
@@ -91,6 +92,12 @@ def test_a_gate_must_implement_the_contract():
 
     with pytest.raises(TypeError, match="subclasses ssmoe_cli.models.gating.Gate"):
         MixtureOfExperts(6, 3, NotAGate(), num_experts=4, k=2)
+
+    class NoLinks(Topology):  # no in_links
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoLinks()
 
 
 def test_a_gate_without_a_map_has_no_positions_embedding_or_diagnostics():

@@ -8,6 +8,7 @@ subnetwork grows with k and the fan-out, never with the number of experts.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ class Routes:
         return self.units.shape[1]
 
 
-class Topology:
+class Topology(abc.ABC):
     """Base class. Subclasses implement `in_links`; `uses_positions` says whether the map matters."""
 
     uses_positions = False
@@ -40,9 +41,9 @@ class Topology:
             raise ValueError(f"topology.fan_out must be >= 0, got {fan_out}")
         self.fan_out = fan_out
 
+    @abc.abstractmethod
     def in_links(self, num_experts: int, positions: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         """(E, D) long: the source experts each expert reads, -1 padded. No self-links, no duplicates."""
-        raise NotImplementedError
 
     def routes(
         self, num_experts: int, hidden: int, positions: torch.Tensor | None, generator: torch.Generator
