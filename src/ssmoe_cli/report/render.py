@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ssmoe_cli.metrics import RATIO_VS_FCL, TEST_ACC
 from ssmoe_cli.report.build import Report
 from ssmoe_cli.report.cells import (
     body,
@@ -47,9 +48,9 @@ def findings_json(f: Findings) -> dict[str, Any]:
             "chosen": c.chosen.label if c.chosen else None,
             "percent_fewer_nonzero": num(c.percent),
             "nonzero_ratio": num(c.ratio),
-            "reference_acc": _summary_json(c.reference.summary("test/acc")) if c.reference else None,
-            "chosen_acc": _summary_json(c.chosen.summary("test/acc")) if c.chosen else None,
-            "chosen_ratio_vs_fcl": _summary_json(c.chosen.summary("compression/ratio_vs_fcl")) if c.chosen else None,
+            "reference_acc": _summary_json(c.reference.summary(TEST_ACC)) if c.reference else None,
+            "chosen_acc": _summary_json(c.chosen.summary(TEST_ACC)) if c.chosen else None,
+            "chosen_ratio_vs_fcl": _summary_json(c.chosen.summary(RATIO_VS_FCL)) if c.chosen else None,
             "within_tolerance": [g.label for g in c.within_tolerance],
         },
         "versus": {
