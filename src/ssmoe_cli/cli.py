@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from ssmoe_cli import __version__
+from ssmoe_cli import SUBCOMMAND_ENV, __version__
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,6 @@ COMMANDS: dict[str, Command] = {
     "export": Command("ssmoe_cli.export_cli", "write a run's sparse model file from its checkpoint, or --info FILE"),
     "sync": Command("ssmoe_cli.sync_cli", "re-log what a run kept offline while its MLflow server was down"),
 }
-
-# Set by a running subcommand for the processes it starts (see main()).
-SUBCOMMAND_ENV = "SSMOE_SUBCOMMAND"
 
 USAGE = """usage: ssmoe [--help] [--version] <command> [args...]
 

@@ -30,7 +30,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from ssmoe_cli.tracking import OFFLINE_JOURNAL
-        from ssmoe_cli.train import FAILED_MARKER
+        from ssmoe_cli.train.app import FAILED_MARKER
 
         sweep_dir = Path(config.hydra.sweep.dir)
         for journal in sorted(sweep_dir.glob(f"*/{OFFLINE_JOURNAL}")):

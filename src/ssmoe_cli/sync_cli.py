@@ -18,22 +18,6 @@ from pathlib import Path
 from ssmoe_cli.errors import SsmoeError
 
 
-def find_journals(target: Path) -> list[Path]:
-    """The offline journals under a run or sweep directory (or the journal file itself)."""
-    from ssmoe_cli.tracking import OFFLINE_JOURNAL, SYNCED_JOURNAL
-
-    if target.is_file():
-        return [target]
-    if not target.is_dir():
-        raise SsmoeError(f"{target}: no such file or directory; give a run's output directory")
-    journals = sorted(target.rglob(OFFLINE_JOURNAL))
-    if not journals:
-        synced = any(target.rglob(SYNCED_JOURNAL))
-        what = "already re-logged" if synced else f"no {OFFLINE_JOURNAL} (nothing was kept offline)"
-        raise SsmoeError(f"{target}: {what}; nothing to sync")
-    return journals
-
-
 def main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="ssmoe sync", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,7 +26,7 @@ def main(args: list[str]) -> int:
     parser.add_argument("--tracking-uri", help="re-log into this store instead of the one the run started in")
     opts = parser.parse_args(args)
     try:
-        from ssmoe_cli.tracking import sync_journal
+        from ssmoe_cli.tracking import find_journals, sync_journal
 
         for journal in find_journals(opts.target):
             run_id, records = sync_journal(journal, opts.tracking_uri)

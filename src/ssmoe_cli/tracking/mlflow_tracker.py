@@ -1,9 +1,9 @@
 """MLflow tracking: one run per training job, owned here from creation to its final status.
 
-Lightning's per-epoch metrics reach the run through this tracker too (ssmoe_cli.lightning_logger),
-so params (the whole resolved config, not cut at 250 characters), metrics, tags, artifacts and the
-final status (FINISHED, or FAILED with the error as a tag) all take one path. SQLite stores shared
-by parallel jobs race on creation and migration ("database is locked"): every call retries.
+Lightning's per-epoch metrics reach the run through this tracker too (tracking.lightning), so params
+(the whole resolved config, not cut at 250 characters), metrics, tags, artifacts and the final status
+(FINISHED, or FAILED with the error as a tag) all take one path. SQLite stores shared by parallel jobs
+race on creation and migration ("database is locked"): every call retries.
 
 A tracking server lost mid-run does not stop training: from the first write it refuses, every record
 goes to an offline journal (mlflow_offline.jsonl in the run's output directory) instead. At the end
@@ -16,19 +16,18 @@ import contextlib
 import json
 import logging
 import os
-import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.tracking.identity import flatten
+from ssmoe_cli.tracking.journal import OFFLINE_JOURNAL, apply_record, sync_journal
+from ssmoe_cli.tracking.store import get_or_create_experiment, resolve_tracking_uri, retry
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_TRANSIENT = ("database is locked", "database is busy", "unique constraint failed", "deadlock")
 # What MLflow's REST client says once its own retries are spent on a server that is gone or failing.
 # Most specific first: the first one found names the reason in the log.
 _SERVER_LOST = (
@@ -42,122 +41,9 @@ _SERVER_LOST = (
     "failed to establish a new connection",
     "max retries exceeded",
 )
-OFFLINE_JOURNAL = "mlflow_offline.jsonl"
-SYNCED_JOURNAL = "mlflow_offline.synced.jsonl"  # the journal once re-logged: never replayed twice
 
 
-def retry(fn: Callable[[], T], attempts: int = 10, delay: float = 0.1) -> T:
-    """Call fn, retrying with jittered backoff on the errors that concurrent SQLite writers cause."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:  # MlflowException wraps sqlalchemy's OperationalError
-            if attempt == attempts - 1 or not any(s in str(exc).lower() for s in _TRANSIENT):
-                raise
-            time.sleep(delay * (2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """Make a relative sqlite:/// path absolute (relative to the working directory) for clarity."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
-
-
-def flatten(cfg: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from flatten(value, f"{name}.")
-        else:
-            yield name, value
-
-
-def get_or_create_experiment(client: Any, name: str) -> str:
-    def attempt() -> str:
-        exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return client.create_experiment(name)
-        except Exception:
-            # Another job created it between our two calls: read it back.
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
-
-    return retry(attempt)
-
-
-# Keys that say where a job writes or how it is run, not what it computes: left out of the config hash
-# by which a re-run sweep recognises jobs that already FINISHED.
-VOLATILE_KEYS = ("paths", "callbacks", "logger", "threads", "skip_finished", "ckpt_path", "trainer.default_root_dir")
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """A short stable hash of what a job computes (the resolved config less VOLATILE_KEYS)."""
-    import hashlib
-    import json
-
-    items = sorted(
-        (k, repr(v)) for k, v in flatten(config) if not any(k == v_ or k.startswith(v_ + ".") for v_ in VOLATILE_KEYS)
-    )
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
-
-
-class NullTracker:
-    """logger=none: nothing is recorded; the run's results are only printed."""
-
-    run_id: str | None = None
-    tracking_uri: str | None = None
-    experiment_name: str | None = None
-    remote = False  # an http(s) tracking server (rather than a local store)
-
-    def start(self, config: Mapping[str, Any], tags: Mapping[str, str], run_name: str | None = None) -> None:
-        pass
-
-    def lightning_logger(self) -> Any:
-        return False
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        pass
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
-        pass
-
-    def describe(self) -> str:
-        return "not tracked (logger=none)"
-
-    def offline_note(self) -> str | None:
-        """One line on records kept offline (server lost mid-run) and how to re-log them; None if none."""
-        return None
-
-    def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
-        """A FINISHED run of this experiment with the same config hash: (run id, its metrics)."""
-        return None
-
-    def find_unfinished(self, config_hash: str) -> list[tuple[str, str]]:
-        """Runs of this config that did not finish, newest first: (run id, output dir)."""
-        return []
-
-    def resume(self, run_id: str) -> None:
-        """Continue logging into an existing run instead of starting one."""
-
-
-class MlflowTracker(NullTracker):
+class MlflowTracker:
     """A run in an MLflow tracking store (SQLite file by default, or a tracking server).
 
     http_retries / http_timeout_s bound how long MLflow's REST client insists on a dead server (its
@@ -279,24 +165,33 @@ class MlflowTracker(NullTracker):
 
     def start(self, config: Mapping[str, Any], tags: Mapping[str, str], run_name: str | None = None) -> None:
         import yaml
-        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
         exp_id = self.experiment_id()
         with self._http_limits():
             run = retry(lambda: self.client.create_run(exp_id, tags=dict(tags), run_name=run_name))
         self.run_id = run.info.run_id
-        self._write({"op": "params", "params": {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flatten(config)}})
+        self.log_params(dict(flatten(config)))
         # The whole config as a file too: MLflow params are cut, and this one re-runs as is.
         self.log_text(yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
 
+    def resume(self, run_id: str, tags: Mapping[str, str] | None = None) -> None:
+        self.run_id = run_id
+        retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self.set_tags({**(tags or {}), "resumed": "true"})
+
     def lightning_logger(self) -> Any:
-        from ssmoe_cli.lightning_logger import TrackerLogger
+        from ssmoe_cli.tracking.lightning import TrackerLogger
 
         return TrackerLogger(self)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         values = {k: float(v) for k, v in metrics.items()}
         self._write({"op": "metrics", "metrics": values, "step": step or 0, "timestamp": int(time.time() * 1000)})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+        self._write({"op": "params", "params": {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in params.items()}})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._write({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
@@ -348,67 +243,8 @@ class MlflowTracker(NullTracker):
         )
         return [(r.info.run_id, r.data.tags.get("output_dir", "")) for r in runs]
 
-    def resume(self, run_id: str) -> None:
-        self.run_id = run_id
-        retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-        self.set_tags({"resumed": "true"})
-
     def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
         exp_id = self.experiment_id()
         query = f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'"
         runs = retry(lambda: self.client.search_runs([exp_id], filter_string=query, max_results=1))
         return (runs[0].info.run_id, dict(runs[0].data.metrics)) if runs else None
-
-
-def apply_record(client: Any, run_id: str | None, record: Mapping[str, Any]) -> None:
-    """Write one tracker record (live, or replayed from an offline journal) into an MLflow run."""
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
-
-    op = record["op"]
-    if op == "metrics":
-        batch = [Metric(k, v, record["timestamp"], record["step"]) for k, v in record["metrics"].items()]
-        client.log_batch(run_id, metrics=batch)
-    elif op == "params":
-        params = [Param(k, v) for k, v in record["params"].items()]
-        for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
-            client.log_batch(run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
-    elif op == "tags":
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()])
-    elif op == "artifact":
-        client.log_artifact(run_id, record["path"], record["artifact_path"])
-    elif op == "text":
-        client.log_text(run_id, record["text"], record["artifact_file"])
-    elif op == "end":
-        client.set_terminated(run_id, record["status"])
-    else:
-        raise ValueError(f"unknown tracker record {op!r}")
-
-
-def sync_journal(journal: Path, tracking_uri: str | None = None) -> tuple[str, int]:
-    """Re-log an offline journal into its run (at the journal's tracking URI unless one is given),
-    then rename it *.synced.jsonl so that it is never replayed twice. Returns (run id, records)."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        lines = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise SsmoeError(f"cannot read the offline journal {journal}: {exc}") from None
-    header = next((r for r in lines if r.get("op") == "header"), None)
-    if header is None or not header.get("run_id"):
-        raise SsmoeError(f"{journal} is not an ssmoe offline journal (no header with a run id)")
-    uri = resolve_tracking_uri(tracking_uri or header["tracking_uri"])
-    client = MlflowClient(tracking_uri=uri)
-    run_id = header["run_id"]
-    try:
-        retry(lambda: client.get_run(run_id))
-    except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise SsmoeError(
-            f"cannot reach run {run_id} at {uri} ({first}); start the server that holds it, or pass --tracking-uri"
-        ) from None
-    records = [r for r in lines if r.get("op") != "header"]
-    for record in records:
-        retry(lambda record=record: apply_record(client, run_id, record))
-    journal.rename(journal.with_name(SYNCED_JOURNAL))
-    return run_id, len(records)

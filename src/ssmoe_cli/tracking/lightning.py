@@ -1,6 +1,6 @@
 """Lightning's logger for ssmoe: streams the trainer's metrics into the tracker's run.
 
-The tracker (ssmoe_cli.tracking) owns the run: params, tags, artifacts, status, and what happens when
+The tracker (MlflowTracker) owns the run: params, tags, artifacts, status, and what happens when
 the tracking server goes away. This logger only hands it Lightning's metrics, so that they take the
 same path as everything else (and are kept offline with the rest when the server is lost).
 """

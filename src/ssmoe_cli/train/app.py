@@ -1,0 +1,74 @@
+"""The Hydra app of `ssmoe train`: the only module that knows Hydra's runtime (argv, run mode, output
+directory, config choices). It hands the job a plain JobContext and turns errors into one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from ssmoe_cli import SUBCOMMAND_ENV
+from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.train.job import JobContext, quiet_third_party, train
+
+log = logging.getLogger(__name__)
+CONFIG_PATH = "pkg://ssmoe_cli.conf"
+FAILED_MARKER = "FAILED"  # written into a failed sweep job's output directory
+
+
+def main(args: list[str]) -> int:
+    """Run the Hydra app on the given overrides (the `ssmoe train` subcommand)."""
+    quiet_third_party()
+    # Hydra parses sys.argv itself: hand it the overrides without the subcommand word. DDP workers
+    # re-run that command line; the environment tells the CLI it is `train` again.
+    sys.argv = [sys.argv[0], *args]
+    os.environ[SUBCOMMAND_ENV] = "train"
+    hydra_app()
+    return 0
+
+
+def job_context() -> JobContext:
+    """What Hydra knows about the running job, as plain values."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return JobContext(
+        choices={k: (None if v is None else str(v)) for k, v in hc.runtime.choices.items()},
+        output_dir=hc.runtime.output_dir,
+        sweep_dir=str(Path(hc.sweep.dir).resolve()) if multirun else None,
+        job_num=int(hc.job.num) if multirun else None,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def hydra_app(cfg: DictConfig) -> float | None:
+    from hydra.errors import InstantiationException
+
+    context = job_context()
+    multirun = context.sweep_dir is not None
+    try:
+        return train(cfg, context).get("test/acc")
+    except Exception as exc:
+        if isinstance(exc, SsmoeError | InstantiationException):
+            # A constructor's ValueError is a config mistake: show its message, not Hydra's wrapper.
+            cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
+            lines = str(cause).splitlines() or [type(cause).__name__]
+        elif multirun:
+            log.exception("job failed")  # the traceback goes to the job's log file
+            lines = [f"{type(exc).__name__}: {exc}"]
+        else:
+            raise  # a bug, not a user error: keep the traceback
+        for line in lines:  # one line per problem
+            print(f"ssmoe: error: {line}", file=sys.stderr)
+        if not multirun:
+            sys.exit(SsmoeError.exit_code)
+        # In a sweep one failed job must not stop the others: leave a marker that the sweep summary
+        # (hydra_callbacks.SweepSummary) reports, and return.
+        (Path(context.output_dir) / FAILED_MARKER).write_text(" / ".join(lines) + "\n")
+        return None

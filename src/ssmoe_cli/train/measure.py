@@ -1,0 +1,86 @@
+"""What `ssmoe train` measures once the model is trained and tested: parameter and FLOP accounting,
+the per-layer weight table, the exported model (written, reloaded from weights only, CSR kernels where
+they measure faster) and its latency, and, for a mixture of experts, routing metrics and plots."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ssmoe_cli.tracking import Tracker
+
+
+def measure(
+    cfg: DictConfig,
+    model: Any,
+    baseline: Any,
+    datamodule: Any,
+    tracker: Tracker,
+    pruner: Any,
+    train_s: float,
+    epoch_s: float,
+) -> dict[str, float]:
+    """Metrics of the trained model (logged by the caller); artifacts go to the run as they are written."""
+    from ssmoe_cli.accounting import account, latency_ms, nonzero_params
+    from ssmoe_cli.evaluation import moe_metrics
+    from ssmoe_cli.export import config_targets, export_model, load_model, use_sparse_kernels
+    from ssmoe_cli.models.moe import MixtureOfExperts
+    from ssmoe_cli.plots import expert_load, gating_map
+    from ssmoe_cli.prune.base import layer_table
+    from ssmoe_cli.train.console import print_layer_table
+
+    device = next(model.parameters()).device
+    x_train, y_train = (t.to(device) for t in datamodule.train_set.tensors)
+    x_test, y_test = (t.to(device) for t in datamodule.test_set.tensors)
+    out_dir = Path(cfg.paths.output_dir)
+    acc = account(model, x_test)
+    extra = {
+        **acc.metrics(),
+        "prune/sparsity": pruner.final_sparsity(model),
+        "compression/ratio_vs_fcl": nonzero_params(baseline) / max(acc.params_nonzero, 1),
+        "time/train_s": train_s,
+        "time/epoch_s": epoch_s,
+    }
+    layers = layer_table(model)
+    write_layer_csv(layers, out_dir / "layers.csv")
+    tracker.log_artifact(out_dir / "layers.csv")
+    print_layer_table(layers)
+
+    # The model as exported: a compact sparse file, reloaded from weights only, run with CSR kernels
+    # where they measure faster; the latencies are those of this exported model.
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    export = export_model(model, model_config, out_dir / "model.safetensors")
+    tracker.log_artifact(export.path)
+    dense_bytes = sum(p.numel() * p.element_size() for p in baseline.parameters())
+    # The classes of this run's own config are trusted (they may be the user's, outside ssmoe_cli).
+    exported = load_model(export.path, sparse_kernels=False, trusted_targets=config_targets(model_config))
+    exported = exported.to(device)
+    kernels = use_sparse_kernels(exported)
+    extra.update(
+        {
+            "size/dense_bytes": float(dense_bytes),
+            "size/sparse_bytes": float(export.bytes),
+            "compression/bytes_ratio_vs_fcl": dense_bytes / export.bytes,
+            "inference/csr_layers": float(sum(kernels.values())),
+            "time/infer_ms_b1": latency_ms(exported, x_test[:1], repeats=cfg.timing.repeats_b1),
+            "time/infer_ms_b256": latency_ms(exported, x_test[:256], repeats=cfg.timing.repeats_b256),
+        }
+    )
+    if isinstance(model, MixtureOfExperts):
+        gate_metrics, view = moe_metrics(model, x_train, y_train, x_test, y_test, seed=cfg.seed)
+        extra.update(gate_metrics)
+        for path in (gating_map(view, out_dir / "gating_map.png"), expert_load(view, out_dir / "expert_load.png")):
+            if path is not None:
+                tracker.log_artifact(path, "plots")
+    return extra
+
+
+def write_layer_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """The per-layer weight table as CSV (one row per layer)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["name"])
+        writer.writeheader()
+        writer.writerows(rows)
