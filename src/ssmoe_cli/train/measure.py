@@ -1,6 +1,7 @@
 """What `ssmoe train` measures once the model is trained and tested: parameter and FLOP accounting,
 the per-layer weight table, the exported model (written, reloaded from weights only, CSR kernels where
-they measure faster) and its latency, and, for a mixture of experts, routing metrics and plots."""
+they measure faster) and its latency, and, for a routed model (a mixture of experts), routing metrics
+and plots."""
 
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ def measure(
     epoch_s: float,
 ) -> dict[str, float]:
     """Metrics of the trained model (logged by the caller); artifacts go to the run as they are written."""
-    from ssmoe_cli.accounting import account, latency_ms, nonzero_params
-    from ssmoe_cli.evaluation import moe_metrics
-    from ssmoe_cli.export import config_targets, export_model, load_model, use_sparse_kernels
-    from ssmoe_cli.models.moe import MixtureOfExperts
-    from ssmoe_cli.plots import expert_load, gating_map
-    from ssmoe_cli.prune.base import layer_table
+    from ssmoe_cli.data.base import TensorDataModule
+    from ssmoe_cli.export import export_model, load_model, use_sparse_kernels
+    from ssmoe_cli.models.accounting import account, nonzero_params
+    from ssmoe_cli.models.diagnostics import routing_metrics
+    from ssmoe_cli.models.registry import classes_of
+    from ssmoe_cli.plots import routing_plots
+    from ssmoe_cli.prune.masks import layer_table
+    from ssmoe_cli.timing import latency_ms
     from ssmoe_cli.train.console import print_layer_table
 
     device = next(model.parameters()).device
@@ -52,11 +55,14 @@ def measure(
     # The model as exported: a compact sparse file, reloaded from weights only, run with CSR kernels
     # where they measure faster; the latencies are those of this exported model.
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
-    export = export_model(model, model_config, out_dir / "model.safetensors")
+    # The file carries the data module's preprocessing: loaded, it takes the dataset's raw inputs.
+    preprocessing = datamodule.preprocessing if isinstance(datamodule, TensorDataModule) else None
+    export = export_model(model, model_config, out_dir / "model.safetensors", preprocessing)
     tracker.log_artifact(export.path)
     dense_bytes = sum(p.numel() * p.element_size() for p in baseline.parameters())
-    # The classes of this run's own config are trusted (they may be the user's, outside ssmoe_cli).
-    exported = load_model(export.path, sparse_kernels=False, trusted_targets=config_targets(model_config))
+    # The classes of this run's own config (maybe the user's, from --config-dir) are trusted as the
+    # class objects this job built, never as names read back from the file (docs/security.md).
+    exported = load_model(export.path, sparse_kernels=False, trusted=classes_of(model, model_config))
     exported = exported.to(device)
     kernels = use_sparse_kernels(exported)
     extra.update(
@@ -69,12 +75,11 @@ def measure(
             "time/infer_ms_b256": latency_ms(exported, x_test[:256], repeats=cfg.timing.repeats_b256),
         }
     )
-    if isinstance(model, MixtureOfExperts):
-        gate_metrics, view = moe_metrics(model, x_train, y_train, x_test, y_test, seed=cfg.seed)
-        extra.update(gate_metrics)
-        for path in (gating_map(view, out_dir / "gating_map.png"), expert_load(view, out_dir / "expert_load.png")):
-            if path is not None:
-                tracker.log_artifact(path, "plots")
+    # Routing metrics and plots of a routed model (a mixture of experts); none for any other.
+    gate_metrics, view = routing_metrics(model, x_train, y_train, x_test, y_test, seed=cfg.seed)
+    extra.update(gate_metrics)
+    for path in routing_plots(view, out_dir):
+        tracker.log_artifact(path, "plots")
     return extra
 
 
