@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from ssmoe_cli.export import export_model, load_model, use_sparse_kernels
 from ssmoe_cli.models.registry import build as build_model
-from ssmoe_cli.prune.base import prune_to, target_layers
+from ssmoe_cli.prune.masks import prune_to, target_layers
 from ssmoe_cli.timing import latency_ms
 
 
