@@ -154,30 +154,32 @@ def test_sparse_kernels_are_used_only_where_measured_faster_and_keep_outputs():
 
 
 @pytest.mark.slow
-def test_ssmoe_export_rebuilds_a_run_from_its_checkpoint(run_cli, tmp_path):
-    run_cli(
-        "train",
-        "model=fcl",
-        "data=digits",
-        "trainer.max_epochs=2",
-        "prune=magnitude",
-        "prune.start=0",
-        "prune.rounds=1",
-        "prune.min_retrain=1",
-        "logger=none",
-        "trainer.enable_progress_bar=false",
-        "timing.repeats_b1=3",
-        "timing.repeats_b256=3",
-    )
+def test_a_run_exports_a_model_that_takes_raw_pixels(run_cli, tmp_path):
+    """Item 11 end to end: `ssmoe train`'s file and `ssmoe export RUN_DIR`'s file both carry the
+    preprocessing, and on the dataset's raw test inputs they score exactly the run's test/acc."""
+    from conftest import search_runs
+
+    from ssmoe_cli.data.digits import Digits
+
+    run_cli("train", "model=fcl", "data=digits", "trainer.max_epochs=2", "prune=magnitude", "prune.start=0",
+            "prune.rounds=1", "prune.min_retrain=1", "trainer.enable_progress_bar=false",
+            "timing.repeats_b1=3", "timing.repeats_b256=3")  # fmt: skip
+    runs = search_runs(tmp_path)
+    assert len(runs) == 1
+    test_acc = float(runs["metrics.test/acc"].iloc[0])
     (run_dir,) = tmp_path.glob("logs/train/runs/*")
     out = run_cli("export", str(run_dir), "--output", str(tmp_path / "again.safetensors")).stdout
     assert "layers as CSR" in out
-    # Same weights as the file `ssmoe train` wrote at the end of the run.
-    a, b = load_model(run_dir / "model.safetensors", False), load_model(tmp_path / "again.safetensors", False)
-    a, b = getattr(a, "model", a), getattr(b, "model", b)  # the networks behind any preprocessing
-    x = torch.randn(8, 64)
-    assert torch.equal(a(x).logits, b(x).logits)
+    raw = Digits(in_features=64, num_classes=10).load()  # 8x8 pixels 0..16, as scikit-learn ships them
+    x, y = torch.as_tensor(raw.x_test), torch.as_tensor(raw.y_test)
+    for path in (run_dir / "model.safetensors", tmp_path / "again.safetensors"):
+        model = load_model(path)
+        assert model.class_names == tuple("0123456789")
+        with torch.no_grad():
+            acc = float((model(x).logits.argmax(1) == y).float().mean())
+        assert acc == pytest.approx(test_acc, abs=1e-6), path
     info = run_cli("export", "--info", str(tmp_path / "again.safetensors")).stdout
     assert "ssmoe-sparse/1" in info and "net.0.weight" in info and "0.9000 sparse" in info
+    assert "preprocessing: flatten to 64 values, then (x - " in info and "classes: 0=0, 1=1" in info
     bad = run_cli("export", str(tmp_path), check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("ssmoe: error:")

@@ -17,7 +17,6 @@ from ssmoe_cli.export.file import (
     read_export,
 )
 from ssmoe_cli.export.kernels import CSRExpertLinear, CSRLinear, to_csr, use_sparse_kernels
-from ssmoe_cli.models.registry import config_targets
 
 __all__ = [
     "FORMAT",
@@ -26,7 +25,6 @@ __all__ = [
     "ExportFile",
     "ExportInfo",
     "Preprocessed",
-    "config_targets",
     "export_model",
     "index_dtype",
     "load_model",

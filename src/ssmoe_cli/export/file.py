@@ -154,15 +154,12 @@ def _shape(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
 
 
-def load_model(
-    path: str | Path, sparse_kernels: bool = True, trusted: Iterable[type] = (), trusted_targets: Iterable[str] = ()
-) -> nn.Module:
+def load_model(path: str | Path, sparse_kernels: bool = True, trusted: Iterable[type] = ()) -> nn.Module:
     """Rebuild an exported model in eval mode; with `sparse_kernels`, swap in CSR layers where faster.
 
     The file's config may only build the classes of ssmoe_cli.models.registry, plus the class
     objects in `trusted` (e.g. your own gate class, imported by you), matched by exact name. A file
-    with preprocessing loads as a `Preprocessed` model that takes the dataset's raw inputs.
-    `trusted_targets` (dotted strings) is ignored: a name never selects code; pass classes."""
+    with preprocessing loads as a `Preprocessed` model that takes the dataset's raw inputs."""
     from ssmoe_cli.models.registry import build
 
     path = Path(path)

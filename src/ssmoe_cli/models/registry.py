@@ -146,7 +146,11 @@ def build(config: Any, trusted: Iterable[type] = (), where: str = "model") -> An
     training job built from its own config), matched by their exact `module.QualName`; strings in
     the file never import anything. Raises SsmoeError naming the offending key for anything else.
     """
-    extra = {_name(c): c for c in trusted}
+    extra = {}
+    for cls in trusted:
+        if not isinstance(cls, type):  # a name would be a dotted-path lookup: exactly what is refused
+            raise TypeError(f"trusted takes classes, not {type(cls).__name__} {cls!r}; import the class and pass it")
+        extra[_name(cls)] = cls
     return _build(config, where, None, extra)
 
 
