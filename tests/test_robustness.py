@@ -191,6 +191,16 @@ def test_runs_started_together_get_their_own_folders(tmp_path, run_cli):
     assert hydra_cfg.count("${unique_dir:${paths.log_dir}/${task_name}/") == 2, hydra_cfg
 
 
+@pytest.mark.slow
+def test_ddp_workers_write_into_the_run_folder_without_lightning_advice(run_cli, tmp_path):
+    proc = run_cli(
+        "train", "trainer=ddp", *SYNTH, "trainer.max_epochs=1", "trainer.enable_progress_bar=false", *FAST[1:]
+    )
+    (folder,) = tmp_path.glob("logs/train/runs/*")  # Lightning re-runs the command: no second folder
+    assert (folder / "train.log").is_file() and (folder / "train_ddp_process_1.log").is_file()
+    assert "self.log('train/" not in proc.stderr  # epoch-level train metrics are synced across processes
+
+
 def test_claimed_folder_names_follow_the_taken_ones(tmp_path):
     from ssmoe_cli.outdir import claim_dir
 
@@ -206,6 +216,92 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(run_cli, tmp_path):
         "place with hydra.run.dir=DIR (one run) or hydra.sweep.dir=DIR (a sweep), or run from a writable directory"
     ]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """`ssmoe train ARGS` in the background; its stderr goes to a file (a full pipe would block it)."""
+    err = tmp_path / f"stderr-{time.monotonic_ns()}"
+    with err.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ssmoe_cli", "train", *args],
+            cwd=tmp_path,
+            env=cli_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+        )
+    return proc, err
+
+
+def _wait_for(proc: subprocess.Popen, found, what: str, timeout: float = 120):
+    deadline = time.time() + timeout
+    while not (hit := found()):
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.1)
+    return hit
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_ends_killed_keeps_the_checkpoint_and_resumes(run_cli, tmp_path):
+    """How SLURM and other schedulers stop a job: exit 143 with one line, the run KILLED with the
+    reason, the last epoch's checkpoint kept, and `ckpt_path=last` finishes the same run."""
+    args = [*SYNTH, "trainer.max_epochs=8", "trainer.enable_progress_bar=false", *FAST[1:]]
+    proc, err = _start(tmp_path, *args)
+    (ckpt,) = _wait_for(proc, lambda: list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt")), "a checkpoint")
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    stderr = err.read_text()
+    assert "Traceback" not in stderr
+    assert errors(stderr) == [
+        "ssmoe: error: terminated by SIGTERM during training; the MLflow run is KILLED, its checkpoint "
+        f"{ckpt} is kept: continue with ckpt_path=last"
+    ]
+    run = search_runs(tmp_path).iloc[0]
+    assert run.status == "KILLED" and run["tags.error"] == "terminated by SIGTERM during training"
+    assert ckpt.is_file()
+
+    resumed = run_cli("train", *args, "ckpt_path=last")
+    assert "dirpath has changed" not in resumed.stderr  # a resumed run writes into its own new folder
+    runs = search_runs(tmp_path)
+    assert len(runs) == 1 and runs.iloc[0].run_id == run.run_id
+    assert runs.iloc[0].status == "FINISHED" and runs.iloc[0]["tags.resumed"] == "true"
+
+
+def test_sigterm_before_training_ends_the_run_killed(tmp_path):
+    """During the t-SNE gate's pretraining (model.prepare, before Lightning runs): no longer left RUNNING."""
+    args = ["model=ptsne_moe", "data=synthetic", "model.num_experts=4", "model.expert_hidden=[16]"]
+    args += ["gating.pretrain_epochs=100000", "gating.tsne_batch_size=200", *FAST]
+    proc, err = _start(tmp_path, *args)
+    _wait_for(
+        proc,
+        lambda: any("preparing the model" in log.read_text() for log in tmp_path.glob("logs/train/runs/*/train.log")),
+        "the model's preparation",
+    )
+    start = time.time()
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143 and time.time() - start < 30
+    stderr = err.read_text()
+    assert "Traceback" not in stderr
+    assert errors(stderr) == [
+        "ssmoe: error: terminated by SIGTERM while preparing the model; the MLflow run is KILLED "
+        "(no checkpoint yet: run it again)"
+    ]
+    run = search_runs(tmp_path).iloc[0]
+    assert run.status == "KILLED" and run["tags.error"] == "terminated by SIGTERM while preparing the model"
+
+
+def test_a_checkpoint_that_is_not_weights_only_is_refused_as_unsafe(run_cli, tmp_path):
+    import argparse
+
+    import torch
+
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=1.0)}, path)  # pickles a class
+    proc = run_cli("train", *SYNTH, f"ckpt_path={path}", *FAST, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr
+    (line,) = errors(proc.stderr)
+    assert line.startswith(f"ssmoe: error: checkpoint {path} refused as unsafe") and "argparse.Namespace" in line
+    assert search_runs(tmp_path).empty  # refused before any run was started or resumed
 
 
 def test_ckpt_path_last_without_a_checkpoint_is_one_line(run_cli):

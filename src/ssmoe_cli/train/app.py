@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ssmoe_cli import SUBCOMMAND_ENV
+from ssmoe_cli import SUBCOMMAND_ENV, signals
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.train.job import JobContext, quiet_third_party, train
 
@@ -53,7 +53,14 @@ def hydra_app(cfg: DictConfig) -> float | None:
     context = job_context()
     multirun = context.sweep_dir is not None
     try:
-        return train(cfg, context).get("test/acc")
+        with signals.sigterm_ends_job():
+            return train(cfg, context).get("test/acc")
+    except signals.Terminated as exc:
+        # A scheduler stopping the job: the whole command stops (a sweep does not go on to its next
+        # job). DDP workers, stopped with rank 0, leave the one line to it.
+        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+            print(f"ssmoe: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_status)
     except Exception as exc:
         if isinstance(exc, SsmoeError | InstantiationException):
             # A constructor's ValueError is a config mistake: show its message, not Hydra's wrapper.

@@ -20,6 +20,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import ssmoe_cli
+from ssmoe_cli import signals
+from ssmoe_cli.checkpoint import load_checkpoint
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.tracking import NullTracker, Tracker, config_hash, finished_run, resolve_checkpoint
 
@@ -122,6 +124,8 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
             print(f"ssmoe: skipped, already finished as MLflow run {done[0]} (skip_finished=true)")
             return done[1]
     ckpt = resolve_checkpoint(cfg.get("ckpt_path"), tracker, tags["config_hash"])
+    if ckpt is not None:
+        load_checkpoint(ckpt.path)  # refused as unsafe, or unreadable: one line, before the run is touched
     if ckpt is not None and ckpt.run_id:
         tracker.resume(ckpt.run_id)
         log.info("resuming MLflow run %s from %s", ckpt.run_id, ckpt.path)
@@ -130,12 +134,15 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
     try:
         metrics = fit_and_test(cfg, datamodule, model, baseline, tracker, ckpt.path if ckpt else None)
     except BaseException as exc:
-        # Ctrl-C ends the run KILLED (Lightning turns it into exit(1) after its graceful shutdown);
-        # anything else FAILED, with the reason.
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
+        # Ctrl-C and SIGTERM end the run KILLED (Lightning turns Ctrl-C into exit(1) after its graceful
+        # shutdown); anything else FAILED, with the reason.
+        terminated = isinstance(exc, signals.Terminated)
+        status = "KILLED" if terminated or isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         if getattr(exc, "step", None) is not None:
             tracker.set_tags({"failed_step": str(exc.step)})
-        tracker.end(status, error=f"{type(exc).__name__}: {exc}")
+        tracker.end(status, error=exc.reason if terminated else f"{type(exc).__name__}: {exc}")
+        if terminated:  # the one line says what is kept and how to continue
+            exc.outcome = signals.outcome(tracker.run_id, newest_checkpoint(cfg, ckpt.path if ckpt else None))
         warn_offline(tracker)
         raise
     tracker.end("FINISHED")
@@ -143,6 +150,13 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
         print_summary(metrics, tracker, cfg, baseline=tags["baseline"])
     warn_offline(tracker)
     return metrics
+
+
+def newest_checkpoint(cfg: DictConfig, resumed_from: Path | None) -> Path | None:
+    """The run's newest checkpoint: this job's last.ckpt once it wrote one, else the one it resumed from."""
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+    written = Path(dirpath) / "last.ckpt" if dirpath else None
+    return written if written is not None and written.is_file() else resumed_from
 
 
 def warn_offline(tracker: Tracker) -> None:
@@ -160,7 +174,7 @@ def fit_and_test(
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ProgressBar
 
-    from ssmoe_cli.callbacks import EpochTimer, FiniteLossGuard, RngState
+    from ssmoe_cli.callbacks import EpochTimer, FiniteLossGuard, RngState, StopOnSigterm
     from ssmoe_cli.module import ClassifierModule
     from ssmoe_cli.train.measure import measure
 
@@ -172,7 +186,7 @@ def fit_and_test(
     )
     timer = EpochTimer()
     pruner = instantiate(cfg.prune)
-    callbacks: list[Any] = [timer, pruner, FiniteLossGuard(), RngState()]
+    callbacks: list[Any] = [timer, pruner, FiniteLossGuard(), RngState(), StopOnSigterm()]
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is not None and "_target_" in cb_cfg:
             callbacks.append(instantiate(cb_cfg))
@@ -190,9 +204,12 @@ def fit_and_test(
         model.to(device)
         generator = torch.Generator().manual_seed(cfg.seed)
         log.info("preparing the model on %d training examples", len(datamodule.train_set))
-        prepare(datamodule.train_set.tensors[0].to(device), generator)
+        with signals.phase("while preparing the model"):
+            prepare(datamodule.train_set.tensors[0].to(device), generator)
     # weights_only: a checkpoint file is loaded as tensors and plain containers, never unpickled code.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # deferred: a SIGTERM stops training at the next batch boundary (the last epoch's checkpoint kept).
+    with signals.deferred("during training"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_s = time.perf_counter() - start
     results = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
     if not trainer.is_global_zero:
