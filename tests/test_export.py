@@ -82,6 +82,29 @@ def test_preprocessing_travels_with_the_file_and_old_files_have_none(tmp_path):
     assert isinstance(load_model(tmp_path / "old.safetensors"), FCL)
 
 
+def test_export_and_load_raise_no_torch_sparse_warnings(tmp_path):
+    """torch warns once per process ("Sparse CSR tensor support is in beta", "Sparse invariant
+    checks are implicitly disabled ... SEGFAULT"), so a fresh interpreter with warnings as errors."""
+    import subprocess
+    import sys
+
+    script = f"""
+import torch
+from ssmoe_cli.export import CSRExpertLinear, export_model, load_model
+from ssmoe_cli.models.fcl import FCL
+from ssmoe_cli.models.layers import ExpertLinear
+model = FCL(64, 10, hidden=[32])
+model.net[0].set_mask(torch.rand(32, 64) > 0.9)
+export_model(model, {FCL_CFG!r} | dict(in_features=64, hidden=[32]), {str(tmp_path / "m.safetensors")!r})
+load_model({str(tmp_path / "m.safetensors")!r})
+layer = ExpertLinear(4, 30, 12)
+layer.set_mask(torch.rand(4, 12, 30) > 0.9)
+CSRExpertLinear(layer)(torch.randn(4, 5, 30))
+"""
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_no_pickle_in_the_file(tmp_path):
     path = tmp_path / "m.safetensors"
     export_model(fcl(0.9), FCL_CFG, path)
