@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.mark.slow
-def test_fcl_learns_fashion_mnist_in_a_few_hundred_steps(run_cli):
+def test_fcl_learns_fashion_mnist_in_a_few_hundred_steps(run_cli, tmp_path):
     proc = run_cli(
         "train",
         "model=fcl",
@@ -26,3 +26,18 @@ def test_fcl_learns_fashion_mnist_in_a_few_hundred_steps(run_cli):
     line = next(line for line in proc.stdout.splitlines() if "test accuracy" in line)
     acc = float(line.split("│")[2])
     assert acc > 0.80, line
+    # The exported file takes the raw 28x28 uint8 images and scores what the run printed (issue 16,
+    # item 11: the bare network scored far less on raw or /255 pixels).
+    import torch
+
+    from ssmoe_cli.data.fashion_mnist import FashionMNIST
+    from ssmoe_cli.export import load_model
+
+    (run_dir,) = tmp_path.glob("logs/train/runs/*")
+    raw = FashionMNIST(in_features=784, num_classes=10, root=str(FASHION_DIR)).load()
+    x, y = torch.as_tensor(raw.x_test), torch.as_tensor(raw.y_test)
+    model = load_model(run_dir / "model.safetensors")
+    with torch.no_grad():
+        exported_acc = float((model(x).logits.argmax(1) == y).float().mean())
+    assert exported_acc == pytest.approx(acc, abs=5e-5)  # the table shows 4 decimals
+    assert model.class_names[9] == "Ankle boot"
