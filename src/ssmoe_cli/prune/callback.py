@@ -141,7 +141,7 @@ class PruningCallback(pl.Callback):
         trainer = self._trainer
         assert trainer is not None
         device = next(self._network().parameters()).device
-        datamodule = getattr(trainer, "datamodule", None)
+        datamodule = trainer.datamodule
         loader = datamodule.train_dataloader() if datamodule is not None else trainer.train_dataloader
         return [(b[0].to(device), b[1].to(device)) for b in itertools.islice(loader, n)]
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ssmoe_cli.models.base import vmappable
+from ssmoe_cli.models.base import ModelOutput, vmappable
 from ssmoe_cli.models.layers import Masked
 from ssmoe_cli.prune.callback import Batch, PruneContext, PruningCallback
 from ssmoe_cli.prune.masks import DEFAULT_TARGETS, check_scope, prune_to, target_layers
@@ -41,7 +41,7 @@ LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
 def cross_entropy(output: Any, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of a ModelOutput's logits (or of plain logits)."""
-    return F.cross_entropy(getattr(output, "logits", output), y)
+    return F.cross_entropy(output.logits if isinstance(output, ModelOutput) else output, y)
 
 
 @contextlib.contextmanager
