@@ -186,8 +186,8 @@ def _build(config: Any, where: str, kind: str | None, extra: Mapping[str, type])
         kwargs[key] = value
     try:
         return entry.cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise SsmoeError(f"{where} ({target}) cannot be built from these arguments: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, MemoryError) as exc:  # RuntimeError: torch cannot allocate
+        raise SsmoeError(f"{where} ({target}) cannot be built from these arguments: {str(exc)[:200]}") from None
 
 
 def config_targets(node: Any) -> set[str]:
