@@ -72,6 +72,7 @@ def attacks(src: Path, dst: Path) -> dict[str, tuple[dict, str]]:
             "is not a model class ssmoe defines",
         ),
         "unknown key": ({**FCL_CFG, "callback": "os.system"}, "takes no argument 'callback'"),
+        "a key that would forge a second line": ({**FCL_CFG, "x\nssmoe: ok": 1}, "takes no argument 'x\\nssmoe: ok'"),
         "a model too large to allocate": ({**FCL_CFG, "hidden": [10**7, 10**7]}, "cannot be built from these"),
         "a gate where the topology goes": (
             {**MOE_CFG, "topology": MOE_CFG["gate"]},

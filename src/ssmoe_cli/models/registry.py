@@ -173,16 +173,17 @@ def _build(config: Any, where: str, kind: str | None, extra: Mapping[str, type])
     for key, value in config.items():
         if key == TARGET:
             continue
+        here = f"{where}.{key}" if isinstance(key, str) and key.isidentifier() else f"{where}[{key!r}]"  # one line
         arg = entry.args.get(key) if isinstance(key, str) and not key.startswith("_") else None
         if arg is None:
             raise SsmoeError(
-                f"{where}.{key}: {target} takes no argument {key!r} "
+                f"{here}: {target} takes no argument {key!r} "
                 f"(it takes {', '.join(entry.args) or 'none'}; Hydra's _args_, _partial_ and the like are refused)"
             )
         if not arg.accepts(value):
-            raise SsmoeError(f"{where}.{key} must be {arg.kind}, got {value!r:.80}")
+            raise SsmoeError(f"{here} must be {arg.kind}, got {value!r:.80}")
         if isinstance(value, Mapping):
-            value = _build(value, f"{where}.{key}", arg.nested, extra)
+            value = _build(value, here, arg.nested, extra)
         kwargs[key] = value
     try:
         return entry.cls(**kwargs)
