@@ -70,12 +70,15 @@ class SlurmCluster:
 
         Raises ClusterUnavailable (after stopping whatever did start) when they cannot run here.
         """
-        missing = [c for c in COMMANDS if shutil.which(c) is None]
+        # The daemons live in /usr/sbin, which a non-root PATH often lacks.
+        path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+        missing = [c for c in COMMANDS if shutil.which(c, path=path) is None]
         if missing:
             raise ClusterUnavailable(
-                f"{', '.join(missing)} not installed (Debian: apt-get install {APT_PACKAGES}; `make setup` "
+                f"{', '.join(missing)} not installed (Debian: apt-get install {APT_PACKAGES}; `make test` "
                 "installs them when run as root where apt-get is available)"
             )
+        self.env["PATH"] = path
         if os.geteuid() != 0:
             raise ClusterUnavailable(
                 f"slurmd starts jobs as their owner, so it runs as root; these tests run as uid {os.geteuid()}"
@@ -93,7 +96,7 @@ class SlurmCluster:
 
     def _node_line(self) -> str:
         """`slurmd -C`: this machine's CPUs, sockets/cores/threads and memory, as a NodeName line."""
-        out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=30, env=self.env)
         first = out.stdout.splitlines()[0] if out.stdout else ""
         if out.returncode != 0 or not first.startswith("NodeName="):
             raise ClusterUnavailable(f"`slurmd -C` could not read this machine's resources: {out.stderr.strip()}")
@@ -163,13 +166,9 @@ class SlurmCluster:
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                log = self.root / "log" / (f"{name}.log" if name.startswith("slurm") else f"{name}.out")
-                if name == "munged":
-                    log = self.root / "munge" / "munged.log"
-                raise ClusterUnavailable(
-                    f"{name} exited with status {proc.returncode}: {_tail(log)}; "
-                    f"its output: {_tail(self.root / 'log' / f'{name}.out')}"
-                )
+                log = self.root / "munge" / "munged.log" if name == "munged" else self.root / "log" / f"{name}.log"
+                said = [_tail(p) for p in (log, self.root / "log" / f"{name}.out") if p.is_file() and p.stat().st_size]
+                raise ClusterUnavailable(f"{name} exited with status {proc.returncode}: {' | '.join(said)}")
 
     def _start_munge(self, timeout_s: float) -> None:
         m = self.root / "munge"
@@ -184,7 +183,7 @@ class SlurmCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             self._check_alive()
-            ok = subprocess.run(["munge", "-n", "-S", str(socket_path)], capture_output=True, timeout=10)
+            ok = subprocess.run(["munge", "-n", "-S", str(socket_path)], capture_output=True, timeout=10, env=self.env)
             if ok.returncode == 0:
                 return
             if time.monotonic() > deadline:
