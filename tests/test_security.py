@@ -7,6 +7,7 @@ error that leaves no trace: the file the payload would write does not exist afte
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from ssmoe_cli.checkpoint import load_checkpoint
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.export import export_model, load_model
 from ssmoe_cli.models.fcl import FCL
+from ssmoe_cli.models.gating.base import Gate
 from ssmoe_cli.models.registry import build, classes_of, registry
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -231,3 +233,28 @@ def test_ssmoe_export_refuses_a_crafted_run_folder(run_cli, tmp_path, secret):
     # The same folder with an honest config exports (so the refusals above are the payloads').
     run_dir = fake_run(tmp_path / "honest", FCL_CFG, weights)
     assert "wrote" in run_cli("export", str(run_dir)).stdout
+
+
+def test_registry_rows_come_from_constructor_annotations():
+    """A new gate needs no hand-written row: its annotated signature is the row, and an argument
+    with no plain-data form is refused rather than loosely typed."""
+    from ssmoe_cli.models.registry import _entry
+
+    class Annotated(Gate):
+        def __init__(self, in_features: int, num_experts: int, k: int, widths: Sequence[int] = (4,),
+                     scale: float | None = None, mode: str = "a", on: bool = True) -> None:
+            super().__init__(in_features, num_experts, k)
+
+    entry = _entry(Annotated, "gate")
+    assert entry.args["widths"].accepts([1, 2]) and not entry.args["widths"].accepts([1.5])
+    assert entry.args["scale"].accepts(None) and entry.args["scale"].accepts(0.5)
+    assert not entry.args["scale"].accepts(float("inf")) and not entry.args["scale"].accepts("x")
+    assert entry.args["on"].accepts(True) and not entry.args["on"].accepts(1)
+    assert not entry.args["in_features"].accepts(True)  # a bool is not an integer here
+
+    class Opaque(Gate):
+        def __init__(self, in_features: int, num_experts: int, k: int, fn: object = None) -> None:
+            super().__init__(in_features, num_experts, k)
+
+    with pytest.raises(TypeError, match=r"Opaque\(fn\).*no plain-data form"):
+        _entry(Opaque, "gate")

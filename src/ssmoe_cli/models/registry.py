@@ -10,18 +10,22 @@ declared types, and calls the class itself. Nothing else in a file can reach cod
 path is ever imported, and `_args_`, `_partial_`, `_recursive_`, `_convert_` or any key the class
 does not declare is refused.
 
-A new model, gate or topology of ssmoe is one row here (a test checks that the rows match the
-shipped conf/ and the classes' signatures).
+The table is derived, not written: every concrete Model, Gate and Topology subclass in ssmoe's own
+modules under ssmoe_cli/models/, with the argument types its constructor's annotations declare.
+A new gate is one module and one YAML; a test checks that the table matches the shipped conf/.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+import pkgutil
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from ssmoe_cli.errors import SsmoeError
 
@@ -69,51 +73,62 @@ class Entry:
 
 @cache
 def registry() -> dict[str, Entry]:
-    """Every class a model file or run config may build, by its exact `_target_`."""
-    # Imported here, not at module level: `ssmoe --help` must not pay for torch.
-    from ssmoe_cli.models.fcl import FCL
-    from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
-    from ssmoe_cli.models.gating.ptsne import PTSNEGate
-    from ssmoe_cli.models.gating.softmax import SoftmaxGate
-    from ssmoe_cli.models.moe import MixtureOfExperts
-    from ssmoe_cli.models.topology.erdos_renyi import ErdosRenyi
-    from ssmoe_cli.models.topology.full import Full
-    from ssmoe_cli.models.topology.isolated import Isolated
-    from ssmoe_cli.models.topology.small_world import SmallWorld
-
-    gate_base = {"in_features": INT, "num_experts": INT, "k": INT}
-    entries = [
-        Entry("ssmoe_cli.models.fcl.FCL", "model", FCL,
-              {"in_features": INT, "num_classes": INT, "hidden": INTS, "dropout": FLOAT}),
-        Entry("ssmoe_cli.models.moe.MixtureOfExperts", "model", MixtureOfExperts, {
-            "in_features": INT, "num_classes": INT, "gate": GATE, "topology": _nullable(TOPOLOGY),
-            "num_experts": INT, "k": INT, "expert_hidden": INTS, "dispatch": STR,
-            "dense_max_ratio": FLOAT, "capacity_factor": _either(FLOAT, NONE), "seed": INT,
-        }),
-        Entry("ssmoe_cli.models.gating.noisy_topk.NoisyTopKGate", "gate", NoisyTopKGate, {
-            **gate_base, "noisy": BOOL, "noise_epsilon": FLOAT, "w_importance": FLOAT, "w_load": FLOAT,
-        }),
-        Entry("ssmoe_cli.models.gating.ptsne.PTSNEGate", "gate", PTSNEGate, {
-            **gate_base, "hidden": INTS, "centres": STR, "temperature": _either(FLOAT, STR),
-            "temperature_margin": FLOAT, "schedule": STR, "freeze": BOOL, "pretrain_epochs": INT,
-            "pretrain_lr": FLOAT, "tsne_batch_size": INT, "perplexity": FLOAT,
-            "neighbors": _either(INT, STR, NONE), "dof": FLOAT, "early_exaggeration": FLOAT,
-            "exaggeration_epochs": INT, "tsne_weight": FLOAT, "tsne_samples": _either(INT, NONE),
-        }),
-        Entry("ssmoe_cli.models.gating.softmax.SoftmaxGate", "gate", SoftmaxGate,
-              {"in_features": INT, "num_experts": INT, "k": _either(INT, NONE)}),
-        Entry("ssmoe_cli.models.topology.full.Full", "topology", Full, {"fan_out": INT}),
-        Entry("ssmoe_cli.models.topology.isolated.Isolated", "topology", Isolated, {}),
-        Entry("ssmoe_cli.models.topology.erdos_renyi.ErdosRenyi", "topology", ErdosRenyi,
-              {"link_prob": FLOAT, "fan_out": INT}),
-        Entry("ssmoe_cli.models.topology.small_world.SmallWorld", "topology", SmallWorld,
-              {"degree": INT, "rewire_p": FLOAT, "fan_out": INT}),
-    ]  # fmt: skip
+    """Every class a model file or run config may build, by its exact `_target_`: each concrete
+    Model, Gate and Topology subclass defined in ssmoe's own modules under ssmoe_cli/models/, with
+    the argument types its constructor declares. A new gate is one module beside the others: its
+    annotated signature is its row. A parameter whose annotation has no plain-data form makes the
+    class unloadable (TypeError here, caught by the registry test), never loosely typed."""
+    entries = [_entry(cls, kind) for kind, cls in _shipped_classes()]
     return {e.target: e for e in entries}
 
 
-def _nullable(arg: Arg) -> Arg:
-    return Arg(f"{arg.kind} or null", lambda v: v is None or arg.accepts(v), arg.nested)
+def _shipped_classes() -> Iterator[tuple[str, type]]:
+    """(kind, class) for ssmoe's own concrete models, gates and topologies. Only modules of ssmoe's
+    installed models package are imported (walked from its own path): never a name read from a file."""
+    # Imported here, not at module level: `ssmoe --help` must not pay for torch.
+    import ssmoe_cli.models as package
+    from ssmoe_cli.models.base import Model
+    from ssmoe_cli.models.gating.base import Gate
+    from ssmoe_cli.models.topology.base import Topology
+
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
+    for kind, base in (("model", Model), ("gate", Gate), ("topology", Topology)):
+        for cls in _subclasses(base):
+            if cls.__module__.startswith(package.__name__ + ".") and not inspect.isabstract(cls):
+                yield kind, cls
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def _entry(cls: type, kind: str) -> Entry:
+    hints = get_type_hints(cls.__init__)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = [p for p in inspect.signature(cls).parameters.values() if p.kind in kinds]
+    return Entry(_name(cls), kind, cls, {p.name: _arg(hints.get(p.name), f"{_name(cls)}({p.name})") for p in params})
+
+
+def _arg(hint: Any, where: str) -> Arg:
+    """The Arg of a constructor annotation: plain scalars, sequences of ints, a nested gate or
+    topology, and unions of those."""
+    from ssmoe_cli.models.gating.base import Gate
+    from ssmoe_cli.models.topology.base import Topology
+
+    simple = {bool: BOOL, int: INT, float: FLOAT, str: STR, type(None): NONE, Gate: GATE, Topology: TOPOLOGY}
+    if hint in simple:
+        return simple[hint]
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        options = [_arg(a, where) for a in args]
+        nested = next((o.nested for o in options if o.nested), None)
+        return Arg(" or ".join(o.kind for o in options), lambda v: any(o.accepts(v) for o in options), nested)
+    if origin in (list, tuple, Sequence) and set(args) - {Ellipsis} == {int}:
+        return INTS
+    raise TypeError(f"{where}: annotation {hint!r} has no plain-data form a model file could hold")
 
 
 def _plain(value: Any) -> bool:
@@ -165,7 +180,7 @@ def _build(config: Any, where: str, kind: str | None, extra: Mapping[str, type])
         kinds = kind or "model"
         raise SsmoeError(
             f"{where}.{TARGET}={target!r} is not a {kinds} class ssmoe defines; a model file or run "
-            f"config may only build the classes listed in ssmoe_cli/models/registry.py"
+            f"config may only build ssmoe's own model, gate and topology classes (docs/security.md)"
         )
     if kind is not None and entry.kind != kind:
         raise SsmoeError(f"{where}.{TARGET}={target!r} is a {entry.kind}, but {where} must be a {kind}")
