@@ -48,3 +48,21 @@ def test_non_editable_install_ships_configs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the source tree
     assert "ssmoe_cli.data.digits.Digits" in proc.stdout
+
+
+def test_pyproject_lists_every_package_and_an_spdx_license():
+    """Every package under src/ is in the explicit `packages` list (a missing one installs without
+    it), and the license is an SPDX string (the TOML-table form makes pip warn on every install)."""
+    import warnings
+
+    from setuptools import find_packages
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert not [w for w in caught if "license" in str(w.message).lower()], [str(w.message) for w in caught]
+    assert dist.metadata.license_expression == "MIT"
+    expected = {f"ssmoe_cli.{p}" for p in find_packages(ROOT / "src" / "ssmoe_cli")} | {"ssmoe_cli"}
+    assert expected <= set(dist.packages), sorted(expected - set(dist.packages))
