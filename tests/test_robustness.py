@@ -267,6 +267,24 @@ def test_sigterm_during_training_ends_killed_keeps_the_checkpoint_and_resumes(ru
     assert runs.iloc[0].status == "FINISHED" and runs.iloc[0]["tags.resumed"] == "true"
 
 
+def test_sigterm_stops_a_sweep_which_names_its_stopped_jobs(tmp_path):
+    """The running job ends KILLED and hands in its outcome (what submitit needs from a SLURM job);
+    the sweep's later jobs do not start, and its summary names them all."""
+    args = ["-m", *SYNTH, "seed=0,1", "trainer.max_epochs=50", "trainer.enable_progress_bar=false", *FAST[1:]]
+    proc, err = _start(tmp_path, *args)
+    _wait_for(proc, lambda: list(tmp_path.glob("logs/train/multiruns/*/0/checkpoints/last.ckpt")), "a checkpoint")
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 1
+    stderr = err.read_text()
+    assert "Traceback" not in stderr and "2 of 2 job(s) FAILED" in stderr, stderr
+    named = {line.split("[")[0].strip(): line for line in stderr.splitlines() if line.startswith("  job #")}
+    assert "seed=0" in named["job #0"]
+    assert "]: terminated by SIGTERM during training; the MLflow run is KILLED" in named["job #0"]
+    assert "seed=1" in named["job #1"] and named["job #1"].endswith("]: terminated by SIGTERM before this job started")
+    runs = search_runs(tmp_path)
+    assert len(runs) == 1 and runs.iloc[0].status == "KILLED"  # job #1 started no run
+
+
 def test_sigterm_before_training_ends_the_run_killed(tmp_path):
     """During the t-SNE gate's pretraining (model.prepare, before Lightning runs): no longer left RUNNING."""
     args = ["model=ptsne_moe", "data=synthetic", "model.num_experts=4", "model.expert_hidden=[16]"]

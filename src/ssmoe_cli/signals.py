@@ -56,6 +56,7 @@ def outcome(run_id: str | None, checkpoint: Path | None) -> str:
 
 
 class _State:
+    stopped = False  # this process was sent SIGTERM in an earlier job: a sweep's later jobs do not start
     received = False  # a SIGTERM arrived during this job
     raised = False  # Terminated was raised: later signals must not interrupt the cleanup
     deferring = 0  # inside trainer.fit: only record
@@ -71,7 +72,7 @@ def received() -> bool:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    _state.received = True
+    _state.received = _state.stopped = True
     if _state.deferring or _state.raised:
         return
     _state.raised = True
@@ -80,7 +81,12 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def sigterm_ends_job() -> Iterator[None]:
-    """Within: SIGTERM raises Terminated (or, inside `deferred`, stops training at the next batch)."""
+    """Within: SIGTERM raises Terminated (or, inside `deferred`, stops training at the next batch).
+
+    A job that starts after an earlier job of this process was sent SIGTERM (a sweep run by Hydra's
+    basic launcher) raises Terminated at once: the scheduler asked the whole process to stop."""
+    if _state.stopped:
+        raise Terminated("before this job started")
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread; jobs run there
         return

@@ -56,11 +56,15 @@ def hydra_app(cfg: DictConfig) -> float | None:
         with signals.sigterm_ends_job():
             return train(cfg, context).get("test/acc")
     except signals.Terminated as exc:
-        # A scheduler stopping the job: the whole command stops (a sweep does not go on to its next
-        # job). DDP workers, stopped with rank 0, leave the one line to it.
+        # A scheduler stopping the job. DDP workers, stopped with rank 0, leave the one line to it.
         if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
             print(f"ssmoe: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_status)
+        if not multirun:
+            sys.exit(exc.exit_status)
+        # A sweep's job hands in its outcome (submitit learns it from the job's result) and the sweep
+        # ends with its summary naming the job; this process's later jobs stop at once (signals).
+        (Path(context.output_dir) / FAILED_MARKER).write_text(f"{exc}\n")
+        return None
     except Exception as exc:
         if isinstance(exc, SsmoeError | InstantiationException):
             # A constructor's ValueError is a config mistake: show its message, not Hydra's wrapper.
