@@ -14,7 +14,8 @@ One mechanism for every phase of a job (`sigterm_ends_job`, entered once around 
   epoch stays as it is: resuming from it (`ckpt_path=last`) repeats the interrupted epoch and
   reaches exactly the result of an uninterrupted run, which a mid-epoch checkpoint would not.
 
-The job ends its run KILLED with the reason; the app prints one line and exits with 128 + 15.
+The job ends its run KILLED with the reason; the app prints one line and exits with 128 + 15 (in a
+sweep, the job hands in its outcome instead and the process's later jobs stop at once).
 Handlers found in place (submitit's, in a SLURM job) are restored when the job ends.
 """
 
