@@ -9,6 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 
+from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.tracking import MlflowTracker
 
 
@@ -22,7 +23,11 @@ class PrepareExperiment(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         tracker = instantiate(config.logger, offline_dir=None)  # no job's output directory exists yet
         if isinstance(tracker, MlflowTracker):
-            tracker.experiment_id()
+            try:
+                tracker.experiment_id()
+            except SsmoeError as exc:  # a store that cannot be opened: one line, before any job starts
+                print(f"ssmoe: error: {exc}", file=sys.stderr)
+                sys.exit(exc.exit_code)
 
 
 class SweepSummary(Callback):

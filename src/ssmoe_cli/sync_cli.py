@@ -1,7 +1,7 @@
 """`ssmoe sync`: re-log what a run kept offline because its MLflow tracking server went away.
 
     ssmoe sync logs/train/runs/2026-11-23_19-08-20           # the run's output directory
-    ssmoe sync logs/train/multiruns/2026-11-23_19-08-20      # every job of a sweep
+    ssmoe sync logs/train/multiruns/2026-11-23_19-08-20      # every job of a sweep (its direct subfolders)
     ssmoe sync RUN_DIR --tracking-uri http://127.0.0.1:5001  # the store moved
 
 `ssmoe train` writes <output dir>/mlflow_offline.jsonl from the first write the server refused (the

@@ -17,8 +17,14 @@ from ssmoe_cli.tracking.base import NullTracker, Tracker
 from ssmoe_cli.tracking.identity import VOLATILE_KEYS, config_hash, flatten
 from ssmoe_cli.tracking.journal import OFFLINE_JOURNAL, SYNCED_JOURNAL, apply_record, find_journals, sync_journal
 from ssmoe_cli.tracking.mlflow_tracker import MlflowTracker
-from ssmoe_cli.tracking.resume import Checkpoint, finished_run, resolve_checkpoint
-from ssmoe_cli.tracking.store import DEFAULT_TRACKING_URI, get_or_create_experiment, resolve_tracking_uri, retry
+from ssmoe_cli.tracking.resume import Checkpoint, finished_run, resolve_checkpoint, resume_tags
+from ssmoe_cli.tracking.store import (
+    DEFAULT_TRACKING_URI,
+    get_or_create_experiment,
+    open_store,
+    resolve_tracking_uri,
+    retry,
+)
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -35,8 +41,10 @@ __all__ = [
     "finished_run",
     "flatten",
     "get_or_create_experiment",
+    "open_store",
     "resolve_checkpoint",
     "resolve_tracking_uri",
+    "resume_tags",
     "retry",
     "sync_journal",
 ]

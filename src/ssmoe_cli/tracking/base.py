@@ -27,7 +27,8 @@ class Tracker(Protocol):
         """Create the run: tags, the resolved config as params and as config.yaml."""
 
     def resume(self, run_id: str, tags: Mapping[str, str] | None = None) -> None:
-        """Continue logging into an existing run instead of starting one; `tags` replace its old ones."""
+        """Continue logging into an existing run instead of starting one: status RUNNING again, `tags`
+        set (this process's output_dir), and the stale error / failed_step of the last attempt removed."""
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         """Close the run with FINISHED, FAILED or KILLED (and the error, if any, as a tag)."""
@@ -54,8 +55,9 @@ class Tracker(Protocol):
     def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
         """A FINISHED run of this experiment with the same config hash: (run id, its metrics)."""
 
-    def find_unfinished(self, config_hash: str) -> list[tuple[str, str]]:
-        """Runs of this config that did not finish, newest first: (run id, output dir)."""
+    def find_unfinished(self, config_hash: str) -> list[tuple[str, list[str]]]:
+        """Runs of this config that did not finish, newest first: (run id, the output directories that
+        may hold its newest checkpoint: the last process's, and the one that process resumed from)."""
 
 
 class NullTracker:
@@ -102,5 +104,5 @@ class NullTracker:
     def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
         return None
 
-    def find_unfinished(self, config_hash: str) -> list[tuple[str, str]]:
+    def find_unfinished(self, config_hash: str) -> list[tuple[str, list[str]]]:
         return []

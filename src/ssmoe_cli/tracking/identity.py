@@ -19,8 +19,18 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
 
 
 # Keys that say where a job writes or how it is run, not what it computes: left out of the config hash
-# by which a re-run sweep recognises jobs that already FINISHED.
-VOLATILE_KEYS = ("paths", "callbacks", "logger", "threads", "skip_finished", "ckpt_path", "trainer.default_root_dir")
+# by which a re-run sweep recognises jobs that already FINISHED. `threads` is not one of them: torch's
+# reductions split by thread count, so results differ in the last digits (train.job records the
+# effective count, torch's default included, before hashing).
+VOLATILE_KEYS = (
+    "paths",
+    "callbacks",
+    "logger",
+    "skip_finished",
+    "ckpt_path",
+    "optimized_metric",  # what a sweeper is told, not what is computed
+    "trainer.default_root_dir",
+)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ssmoe_cli.errors import SsmoeError
-from ssmoe_cli.tracking.store import resolve_tracking_uri, retry
+from ssmoe_cli.tracking.store import open_store, resolve_tracking_uri, retry
 
 OFFLINE_JOURNAL = "mlflow_offline.jsonl"
 SYNCED_JOURNAL = "mlflow_offline.synced.jsonl"  # the journal once re-logged: never replayed twice
@@ -46,8 +46,6 @@ def apply_record(client: Any, run_id: str | None, record: Mapping[str, Any]) -> 
 def sync_journal(journal: Path, tracking_uri: str | None = None) -> tuple[str, int]:
     """Re-log an offline journal into its run (at the journal's tracking URI unless one is given),
     then rename it *.synced.jsonl so that it is never replayed twice. Returns (run id, records)."""
-    from mlflow.tracking import MlflowClient
-
     try:
         lines = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
@@ -56,7 +54,7 @@ def sync_journal(journal: Path, tracking_uri: str | None = None) -> tuple[str, i
     if header is None or not header.get("run_id"):
         raise SsmoeError(f"{journal} is not an ssmoe offline journal (no header with a run id)")
     uri = resolve_tracking_uri(tracking_uri or header["tracking_uri"])
-    client = MlflowClient(tracking_uri=uri)
+    client = open_store(uri)
     run_id = header["run_id"]
     try:
         retry(lambda: client.get_run(run_id))

@@ -24,7 +24,7 @@ from typing import Any
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.tracking.identity import flatten
 from ssmoe_cli.tracking.journal import OFFLINE_JOURNAL, apply_record, sync_journal
-from ssmoe_cli.tracking.store import get_or_create_experiment, resolve_tracking_uri, retry
+from ssmoe_cli.tracking.store import get_or_create_experiment, open_store, resolve_tracking_uri, retry
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ _SERVER_LOST = (
     "failed to establish a new connection",
     "max retries exceeded",
 )
+
+# Tags an attempt leaves when it stops (see train.job.train): removed when the run is resumed.
+STALE_ON_RESUME = ("error", "failed_step")
 
 
 class MlflowTracker:
@@ -74,9 +77,7 @@ class MlflowTracker:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = open_store(self.tracking_uri)
         return self._client
 
     @property
@@ -98,9 +99,13 @@ class MlflowTracker:
         if self._checked or not self.remote:
             return
         if not self.server_answers(timeout):
+            from urllib.parse import urlsplit
+
+            where = urlsplit(self.tracking_uri)
+            port = where.port or (443 if where.scheme == "https" else 80)
             raise SsmoeError(
                 f"MLflow tracking server {self.tracking_uri} is unreachable; start it "
-                "(mlflow server --host 127.0.0.1 --port 5000) or log locally with logger=mlflow"
+                f"(mlflow server --host {where.hostname} --port {port}) or log locally with logger=mlflow"
             )
         self._checked = True
 
@@ -175,9 +180,14 @@ class MlflowTracker:
         self.log_text(yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
 
     def resume(self, run_id: str, tags: Mapping[str, str] | None = None) -> None:
+        run = retry(lambda: self.client.get_run(run_id))
         self.run_id = run_id
         retry(lambda: self.client.update_run(run_id, status="RUNNING"))
         self.set_tags({**(tags or {}), "resumed": "true"})
+        # The last attempt's reason to stop is not this attempt's: a run that now finishes has no error.
+        stale = [key for key in STALE_ON_RESUME if key in run.data.tags]
+        if stale:
+            self._write({"op": "delete_tags", "keys": stale})
 
     def lightning_logger(self) -> Any:
         from ssmoe_cli.tracking.lightning import TrackerLogger
@@ -241,7 +251,8 @@ class MlflowTracker:
         runs = retry(
             lambda: self.client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"])
         )
-        return [(r.info.run_id, r.data.tags.get("output_dir", "")) for r in runs]
+        dirs = ("output_dir", "previous_output_dir")
+        return [(r.info.run_id, [r.data.tags[t] for t in dirs if r.data.tags.get(t)]) for r in runs]
 
     def find_finished(self, config_hash: str) -> tuple[str, dict[str, float]] | None:
         exp_id = self.experiment_id()

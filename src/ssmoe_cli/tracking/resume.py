@@ -18,6 +18,7 @@ from ssmoe_cli.tracking.base import Tracker
 class Checkpoint:
     path: Path
     run_id: str | None  # the MLflow run it belongs to, if known
+    output_dir: str | None = None  # the run's output directory that holds it
 
 
 def finished_run(tracker: Tracker, config_hash: str) -> tuple[str, dict[str, float]] | None:
@@ -26,15 +27,18 @@ def finished_run(tracker: Tracker, config_hash: str) -> tuple[str, dict[str, flo
 
 
 def resolve_checkpoint(ckpt_path: str | None, tracker: Tracker, config_hash: str) -> Checkpoint | None:
-    """`ckpt_path=last`: the newest unfinished run of this very config that left checkpoints/last.ckpt;
-    a path: that checkpoint (and the run whose output directory holds it, if any)."""
+    """`ckpt_path=last`: the newest checkpoints/last.ckpt of the newest unfinished run of this very config
+    (a run resumed and stopped again has two candidate folders: the newer file wins); a path: that
+    checkpoint (and the run whose output directory holds it, if any)."""
     if not ckpt_path:
         return None
     if ckpt_path == "last":
-        for run_id, out_dir in tracker.find_unfinished(config_hash):
-            path = Path(out_dir) / "checkpoints" / "last.ckpt"
-            if out_dir and path.is_file():
-                return Checkpoint(path, run_id)
+        for run_id, out_dirs in tracker.find_unfinished(config_hash):
+            found = [(Path(d) / "checkpoints" / "last.ckpt", d) for d in out_dirs]
+            found = [(path, d) for path, d in found if path.is_file()]
+            if found:
+                path, out_dir = max(found, key=lambda hit: hit[0].stat().st_mtime)
+                return Checkpoint(path, run_id, out_dir)
         raise SsmoeError(
             "ckpt_path=last: no unfinished run of this config left a checkpoint in this experiment; "
             "run without ckpt_path, or give ckpt_path=PATH/TO/last.ckpt"
@@ -42,5 +46,17 @@ def resolve_checkpoint(ckpt_path: str | None, tracker: Tracker, config_hash: str
     path = Path(ckpt_path).expanduser().resolve()
     if not path.is_file():
         raise SsmoeError(f"ckpt_path={ckpt_path}: no such file; give a checkpoint file or ckpt_path=last")
-    owner = next((run for run, out in tracker.find_unfinished(config_hash) if out and path.is_relative_to(out)), None)
-    return Checkpoint(path, owner)
+    for run_id, out_dirs in tracker.find_unfinished(config_hash):
+        for out_dir in out_dirs:
+            if path.is_relative_to(Path(out_dir).resolve()):
+                return Checkpoint(path, run_id, out_dir)
+    return Checkpoint(path, None)
+
+
+def resume_tags(checkpoint: Checkpoint, output_dir: str) -> dict[str, str]:
+    """Tags a resumed run gets: this process's output directory (where its next checkpoints go) and
+    the one it resumed from; together they hold the run's newest checkpoint whenever it stops again."""
+    tags = {"output_dir": output_dir}
+    if checkpoint.output_dir:
+        tags["previous_output_dir"] = checkpoint.output_dir
+    return tags

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from ssmoe_cli import SUBCOMMAND_ENV, signals
 from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.metrics import VAL_ACC
 from ssmoe_cli.train.job import JobContext, quiet_third_party, train
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,27 @@ def job_context() -> JobContext:
     )
 
 
+def check_objective(cfg: DictConfig) -> None:
+    """Refuse, before any work, an `optimized_metric` measured on the test set."""
+    name = cfg.get("optimized_metric")
+    if name and str(name).startswith("test/"):
+        raise SsmoeError(f"optimized_metric={name}: the test set must not select hyper-parameters; use val/acc")
+
+
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """What the job returns to a sweeper (Optuna): `optimized_metric` (hparams_search sets val/acc),
+    else the validation accuracy. Never the test accuracy: the test set must not select the model."""
+    check_objective(cfg)
+    name = cfg.get("optimized_metric")
+    if not name:
+        return metrics.get(VAL_ACC)
+    if name not in metrics:
+        known = ", ".join(sorted(k for k in metrics if not k.startswith("test/")))
+        raise SsmoeError(f"optimized_metric={name} was not measured by this run; choose one of: {known}")
+    print(f"ssmoe: optimized metric {name} = {metrics[name]:.4f}")
+    return metrics[name]
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def hydra_app(cfg: DictConfig) -> float | None:
     from hydra.errors import InstantiationException
@@ -54,7 +76,8 @@ def hydra_app(cfg: DictConfig) -> float | None:
     multirun = context.sweep_dir is not None
     try:
         with signals.sigterm_ends_job():
-            return train(cfg, context).get("test/acc")
+            check_objective(cfg)
+            return objective(cfg, train(cfg, context))
     except signals.Terminated as exc:
         # A scheduler stopping the job. DDP workers, stopped with rank 0, leave the one line to it.
         if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from ssmoe_cli import metrics as m
 from ssmoe_cli.tracking import Tracker
-
-# (label, MLflow metric key, format) in the order the summary shows them; absent keys are left out.
-SUMMARY_ROWS = (
-    ("test accuracy", "test/acc", "{:.4f}"),
-    ("test loss", "test/loss", "{:.4f}"),
-    ("params total", "params/total", "{:,.0f}"),
-    ("params nonzero", "params/nonzero", "{:,.0f}"),
-    ("params active / sample", "params/active_per_sample", "{:,.0f}"),
-    ("multiply-adds / sample", "flops/per_sample", "{:,.0f}"),
-    ("pruned fraction (targeted weights)", "prune/sparsity", "{:.4f}"),
-    ("params compression vs baseline", "compression/ratio_vs_fcl", "{:.2f}x"),
-    ("exported file (bytes)", "size/sparse_bytes", "{:,.0f}"),
-    ("file compression vs baseline", "compression/bytes_ratio_vs_fcl", "{:.2f}x"),
-    ("train time (s)", "time/train_s", "{:.1f}"),
-    ("epoch time (s)", "time/epoch_s", "{:.2f}"),
-    ("inference, batch 1 (ms)", "time/infer_ms_b1", "{:.3f}"),
-    ("inference, batch 256 (ms)", "time/infer_ms_b256", "{:.3f}"),
-    ("expert load CV^2", "experts/load_cv2", "{:.3f}"),
-    ("expert load max / mean", "experts/load_max_over_mean", "{:.2f}"),
-    ("expert output correlation", "experts/output_corr", "{:.3f}"),
-    ("gate entropy (nats)", "gate/entropy", "{:.3f}"),
-    ("gate t-SNE KL", "gate/tsne_kl", "{:.3f}"),
-    ("gate trustworthiness T(12)", "gate/trustworthiness", "{:.4f}"),
-    ("gate 1-NN accuracy", "gate/knn1_acc", "{:.4f}"),
-)
 
 
 def print_layer_table(rows: list[dict[str, Any]]) -> None:
@@ -64,16 +41,15 @@ def print_summary(metrics: dict[str, float], tracker: Tracker, cfg: DictConfig, 
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("key", style="dim")
-    for label, key, fmt in SUMMARY_ROWS:
+    for key in m.SUMMARY:  # labels, formats and order: ssmoe_cli.metrics
         if key in metrics:
-            table.add_row(label, fmt.format(metrics[key]), key)
+            table.add_row(m.get(key).label, m.get(key).format(metrics[key]), key)
     console = Console()
     console.print(table)
     console.print(f"Results: {tracker.describe()}")
     if tracker.run_id and tracker.remote:
         console.print(f"Browse: open {tracker.tracking_uri} (the tracking server's UI)")
     elif tracker.run_id:
-        console.print(
-            f"Browse: run `mlflow ui` in this directory (or `mlflow ui --backend-store-uri {tracker.tracking_uri}`)"
-        )
+        uri = shlex.quote(str(tracker.tracking_uri))  # a path with spaces still pastes as one argument
+        console.print(f"Browse: run `mlflow ui` in this directory (or `mlflow ui --backend-store-uri {uri}`)")
     console.print(f"Outputs (config, log, checkpoint): {Path(cfg.paths.output_dir).resolve()}")

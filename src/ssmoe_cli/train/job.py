@@ -23,7 +23,7 @@ import ssmoe_cli
 from ssmoe_cli import signals
 from ssmoe_cli.checkpoint import load_checkpoint
 from ssmoe_cli.errors import SsmoeError
-from ssmoe_cli.tracking import NullTracker, Tracker, config_hash, finished_run, resolve_checkpoint
+from ssmoe_cli.tracking import NullTracker, Tracker, config_hash, finished_run, resolve_checkpoint, resume_tags
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,12 @@ def git_commit() -> str | None:
 
 
 def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
-    """Train and evaluate one configuration; returns the final metrics."""
+    """Train and evaluate one configuration; returns the final metrics (or a finished run's, when
+    skip_finished finds one)."""
     quiet_third_party()  # again: launcher plugins (joblib) run jobs in fresh worker processes
-    import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
 
-    from ssmoe_cli.train.console import print_summary
     from ssmoe_cli.validation import validate
 
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -108,16 +107,15 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
         raise SsmoeError("\n".join(problems))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    baseline = instantiate(cfg.baseline)
+    # Results depend on the thread count (reductions split differently): the effective count is part of
+    # the job's identity and its params, also when `threads` is left to torch's default.
+    config["threads"] = torch.get_num_threads()
     # DDP worker processes (launched by rank 0 with LOCAL_RANK / NODE_RANK set) train but do not
     # track: the run is rank 0's, so a multi-process job is still exactly one MLflow run.
     worker = int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
     tracker: Tracker = NullTracker() if worker else instantiate(cfg.logger)
-    tags = {**run_tags(cfg, context), "config_hash": config_hash(config)}
-    if cfg.get("skip_finished"):
+    tags = {**run_tags(cfg, context), "config_hash": config_hash(config), "threads": str(config["threads"])}
+    if cfg.get("skip_finished"):  # before data, model and Lightning: a skipped job costs one query
         done = finished_run(tracker, tags["config_hash"])
         if done is not None:
             log.info("skip_finished: run %s already FINISHED with this config; not training again", done[0])
@@ -126,8 +124,17 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
     ckpt = resolve_checkpoint(cfg.get("ckpt_path"), tracker, tags["config_hash"])
     if ckpt is not None:
         load_checkpoint(ckpt.path)  # refused as unsafe, or unreadable: one line, before the run is touched
+
+    import pytorch_lightning as pl
+
+    from ssmoe_cli.train.console import print_summary
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    baseline = instantiate(cfg.baseline)
     if ckpt is not None and ckpt.run_id:
-        tracker.resume(ckpt.run_id)
+        tracker.resume(ckpt.run_id, resume_tags(ckpt, context.output_dir))
         log.info("resuming MLflow run %s from %s", ckpt.run_id, ckpt.path)
     else:
         tracker.start(config, tags, run_name=f"{tags['model']}-{tags['data']}-s{cfg.seed}")
@@ -211,7 +218,10 @@ def fit_and_test(
     with signals.deferred("during training"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_s = time.perf_counter() - start
+    # The last epoch's validation metrics (what a hyper-parameter search optimises), read before test.
+    validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     results = {k: float(v) for k, v in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    results = {**validated, **results}
     if not trainer.is_global_zero:
         return results  # accounting, export and plots are rank 0's
     extra = measure(cfg, model, baseline, datamodule, tracker, pruner=pruner, train_s=train_s, epoch_s=timer.mean)

@@ -1,0 +1,214 @@
+"""A run's lifecycle through the real CLI: resumed again and again, skipped, identified (thread count
+included), the metric a hyper-parameter search optimises, and what the CLI says about the store."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FAST, cli_env, search_runs
+
+SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
+
+
+def errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ssmoe_cli", "train", *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # Ctrl-C must reach it even where pytest itself runs in the background (which ignores SIGINT).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _checkpoints(tmp_path: Path) -> list[Path]:
+    return sorted(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt"))
+
+
+def _wait_for(proc: subprocess.Popen, found, what: str, timeout: float = 180):
+    deadline = time.time() + timeout
+    while not (hit := found()):
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.1)
+    return hit
+
+
+def _epoch(ckpt: Path) -> int:
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+
+
+@pytest.mark.slow
+def test_killed_resumed_killed_again_resumes_from_the_newest_checkpoint(run_cli, tmp_path):
+    """kill -9, resume, Ctrl-C, resume: the second resume continues from the first resume's checkpoint
+    (no epoch twice, so one val/acc per epoch), and the finished run carries no stale error."""
+    epochs = 6
+    args = [*SYNTH, "data.n_train=20000", "data.batch_size=32", f"trainer.max_epochs={epochs}", "threads=1"]
+    args += ["trainer.enable_progress_bar=false", *FAST[1:]]
+    first = _start(tmp_path, *args)
+    (ckpt1,) = _wait_for(first, lambda: _checkpoints(tmp_path), "a first checkpoint")
+    first.kill()  # SIGKILL: nothing can close the run
+    first.wait()
+    time.sleep(1.1)  # the resumed process gets an output folder of its own (named after the second)
+
+    second = _start(tmp_path, *args, "ckpt_path=last")
+    # The resumed process's first checkpoint: one epoch past the first one.
+    ckpt2 = _wait_for(second, lambda: [p for p in _checkpoints(tmp_path) if p != ckpt1], "a resumed checkpoint")[0]
+    second.send_signal(signal.SIGINT)  # Ctrl-C: the run ends KILLED with an error tag
+    second.wait(timeout=120)
+    run = search_runs(tmp_path).iloc[0]
+    assert run.status == "KILLED" and run["tags.error"]
+    assert run["tags.output_dir"] == str(ckpt2.parent.parent)  # the resumed process's folder
+    assert _epoch(ckpt2) > _epoch(ckpt1)
+
+    third = run_cli("train", *args, "ckpt_path=last")
+    assert str(ckpt2) in third.stdout + third.stderr  # resumed from the newest checkpoint
+    runs = search_runs(tmp_path)
+    assert len(runs) == 1 and runs.iloc[0].status == "FINISHED"
+    assert "tags.error" not in runs or runs.iloc[0]["tags.error"] is None
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(runs.iloc[0].run_id, "val/acc")
+    steps = [m.step for m in history]
+    assert len(steps) == len(set(steps)) == epochs, sorted(steps)
+
+
+@pytest.mark.slow
+def test_thread_count_is_part_of_the_identity_and_a_skip_builds_nothing(run_cli, tmp_path):
+    run_cli("train", *SYNTH, "threads=1", *FAST)
+    # Skipped: decided before data and model are built, so Lightning (which both need) is never loaded.
+    skipped = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ssmoe_cli", "train", *SYNTH, "threads=1", "skip_finished=true"]
+        + FAST,
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert skipped.returncode == 0 and "skipped, already finished" in skipped.stdout, skipped.stderr
+    imported = {line.split("|")[-1].strip() for line in skipped.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "pytorch_lightning" not in imported
+    other = run_cli("train", *SYNTH, "threads=2", "skip_finished=true", *FAST)
+    assert "skipped" not in other.stdout  # another thread count computes other last digits: trained
+    runs = search_runs(tmp_path)
+    assert sorted(runs["params.threads"]) == ["1", "2"] and sorted(runs["tags.threads"]) == ["1", "2"]
+    assert runs["tags.config_hash"].nunique() == 2
+
+
+@pytest.mark.slow
+def test_default_threads_are_recorded_and_the_browse_hint_is_shell_quoted(tmp_path):
+    spaced = tmp_path / "my runs"
+    spaced.mkdir()
+    env = {**cli_env(tmp_path), "COLUMNS": "400"}  # one line, however long the path
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssmoe_cli", "train", *SYNTH, *FAST],
+        cwd=spaced,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"mlflow ui --backend-store-uri 'sqlite:///{spaced / 'mlflow.db'}'" in proc.stdout
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{spaced / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["ssmoe"]).iloc[0]
+    code = "import torch; print(torch.get_num_threads())"  # torch's default in a fresh process, same env
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run["params.threads"] == run["tags.threads"] == default.stdout.strip()  # not "None"
+
+
+@pytest.mark.slow
+def test_optuna_search_optimises_validation_accuracy(run_cli, tmp_path):
+    proc = run_cli(
+        "train",
+        "-m",
+        "hparams_search=ptsne_moe_optuna",
+        "hydra.sweeper.n_trials=2",
+        "data=synthetic",
+        "gating.pretrain_epochs=1",
+        "hydra.sweep.dir=sweep",
+        *FAST,
+    )
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("ssmoe: optimized metric")]
+    assert len(printed) == 2 and all(line.startswith("ssmoe: optimized metric val/acc = ") for line in printed)
+    runs = search_runs(tmp_path, "hparams_ptsne_moe")
+    assert len(runs) == 2
+    import yaml
+
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(runs["metrics.val/acc"].max())  # val/acc, the last epoch's
+
+
+def test_objective_refuses_a_test_metric():
+    from omegaconf import OmegaConf
+
+    from ssmoe_cli.errors import SsmoeError
+    from ssmoe_cli.train.app import objective
+
+    metrics = {"val/acc": 0.8, "val/loss": 0.5, "test/acc": 0.9}
+    assert objective(OmegaConf.create({}), metrics) == 0.8
+    assert objective(OmegaConf.create({"optimized_metric": "val/loss"}), metrics) == 0.5
+    with pytest.raises(SsmoeError, match="test set must not select"):
+        objective(OmegaConf.create({"optimized_metric": "test/acc"}), metrics)
+    with pytest.raises(SsmoeError, match="not measured by this run; choose one of: val/acc, val/loss"):
+        objective(OmegaConf.create({"optimized_metric": "val/f1"}), metrics)
+
+
+def test_unreachable_server_hint_names_the_given_port(run_cli):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    uri = f"http://127.0.0.1:{port}"
+    proc = run_cli("train", *SYNTH, "logger=mlflow_server", f"logger.tracking_uri={uri}", *FAST, check=False)
+    assert proc.returncode == 2
+    (line,) = errors(proc.stderr)
+    assert f"(mlflow server --host 127.0.0.1 --port {port})" in line
+
+
+def _journal(tmp_path: Path, folder: Path) -> str:
+    """A run in a local store and an offline journal in `folder` holding one metric for it."""
+    from ssmoe_cli.tracking import OFFLINE_JOURNAL, get_or_create_experiment, open_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = open_store(uri)
+    run_id = client.create_run(get_or_create_experiment(client, "ssmoe")).info.run_id
+    folder.mkdir(parents=True)
+    records = [
+        {"op": "header", "run_id": run_id, "tracking_uri": uri, "experiment_name": "ssmoe"},
+        {"op": "metrics", "metrics": {"val/acc": 0.5}, "step": 3, "timestamp": 0},
+    ]
+    (folder / OFFLINE_JOURNAL).write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_id
+
+
+def test_sync_looks_in_the_run_or_the_sweeps_jobs_not_the_whole_tree(run_cli, tmp_path):
+    run_id = _journal(tmp_path, tmp_path / "sweep" / "3")
+    deep = tmp_path / "logs" / "a" / "b" / "c"
+    _journal(tmp_path / "logs", deep)
+    out = run_cli("sync", "sweep").stdout
+    assert f"re-logged 1 records of {Path('sweep') / '3'} into MLflow run {run_id}" in out
+    proc = run_cli("sync", "logs", check=False)  # three levels down: not this run's, nor its jobs'
+    assert proc.returncode == 2
+    assert errors(proc.stderr) == [
+        "ssmoe: error: logs: no mlflow_offline.jsonl (nothing was kept offline); nothing to sync"
+    ]
+    assert (deep / "mlflow_offline.jsonl").is_file()
+    out = run_cli("sync", str(deep)).stdout  # the run's own folder
+    assert "re-logged 1 records" in out
