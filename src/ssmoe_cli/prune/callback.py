@@ -103,7 +103,10 @@ class PruningCallback(pl.Callback):
             self._run_due(trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.log(names.PRUNE_SPARSITY, self.final_sparsity(self._network()), on_step=False, on_epoch=True)
+        # The same value on every DDP rank (masks are identical); sync_dist keeps Lightning quiet about it.
+        pl_module.log(
+            names.PRUNE_SPARSITY, self.final_sparsity(self._network()), on_step=False, on_epoch=True, sync_dist=True
+        )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.schedule is not None and len(self.done) < self.schedule.n:
