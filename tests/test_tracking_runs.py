@@ -171,6 +171,15 @@ def test_objective_refuses_a_test_metric():
         objective(OmegaConf.create({"optimized_metric": "val/f1"}), metrics)
 
 
+def test_a_search_on_a_test_metric_is_refused_before_any_trial(run_cli, tmp_path):
+    proc = run_cli("train", "-m", "hparams_search=ptsne_moe_optuna", "optimized_metric=test/acc", *FAST, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors(proc.stderr) == [
+        "ssmoe: error: optimized_metric=test/acc: the test set must not select hyper-parameters; use val/acc"
+    ]
+    assert not (tmp_path / "mlflow.db").exists()  # no trial ran
+
+
 def test_unreachable_server_hint_names_the_given_port(run_cli):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,20 +14,24 @@ from ssmoe_cli.tracking import MlflowTracker
 
 
 class PrepareExperiment(Callback):
-    """Create the MLflow experiment once, before a multirun launches its jobs.
+    """Check the sweep's objective and create the MLflow experiment once, before a multirun launches
+    its jobs.
 
     Parallel jobs on one SQLite store then only read it instead of racing to create it and to
     migrate the schema (the "database is locked" failure).
     """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        tracker = instantiate(config.logger, offline_dir=None)  # no job's output directory exists yet
-        if isinstance(tracker, MlflowTracker):
-            try:
-                tracker.experiment_id()
-            except SsmoeError as exc:  # a store that cannot be opened: one line, before any job starts
-                print(f"ssmoe: error: {exc}", file=sys.stderr)
-                sys.exit(exc.exit_code)
+        from ssmoe_cli.train.app import check_objective
+
+        try:  # what would fail every job fails the sweep once, with one line, before any job starts
+            check_objective(config)
+            tracker = instantiate(config.logger, offline_dir=None)  # no job's output directory exists yet
+            if isinstance(tracker, MlflowTracker):
+                tracker.experiment_id()  # also: a store that cannot be opened
+        except SsmoeError as exc:
+            print(f"ssmoe: error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
 
 
 class SweepSummary(Callback):
