@@ -107,3 +107,21 @@ def test_sigterm_before_training_ends_the_run_killed(tmp_path):
     ]
     run = search_runs(tmp_path).iloc[0]
     assert run.status == "KILLED" and run["tags.error"] == "terminated by SIGTERM while preparing the model"
+
+
+def test_a_sigterm_while_the_job_closes_its_run_is_recorded_not_raised():
+    """The cleanup after any exit (submitit's SystemExit, a failure) must finish, or the run stays RUNNING."""
+    from ssmoe_cli import signals
+
+    with signals.sigterm_ends_job(), pytest.raises(signals.Terminated):  # before: the signal raises at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    with pytest.raises(signals.Terminated, match="before this job started"), signals.sigterm_ends_job():
+        pass  # a sweep's next job in this process stops before it starts
+    signals._state.stopped = False  # this test process goes on with other tests
+    with signals.sigterm_ends_job():
+        signals.ending()
+        os.kill(os.getpid(), signal.SIGTERM)  # while closing: recorded only
+        time.sleep(0.2)
+        assert signals.received()
+    signals._state.stopped = False

@@ -131,6 +131,13 @@ def deferred(name: str = "during training") -> Iterator[None]:
         raise Terminated(name)
 
 
+def ending() -> None:
+    """The job is closing its run (after success or any exit): from now on a SIGTERM is only recorded,
+    so that it cannot interrupt the cleanup half way and leave the run RUNNING. A sweep's later jobs
+    still stop (see sigterm_ends_job)."""
+    _state.raised = True
+
+
 def redeliver_if_received() -> None:
     """A SIGTERM that arrived inside `deferred` before Lightning installed its own handler would go
     unnoticed by Lightning: send it again, now that Lightning listens (see callbacks.StopOnSigterm)."""

@@ -51,6 +51,9 @@ def quiet_third_party() -> None:
     Idempotent: sweeps call it once per job."""
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+    # Wherever SLURM's client is installed, Lightning advises `srun` for every run that does not use it;
+    # ssmoe's SLURM jobs go through hydra/launcher=slurm (sbatch), so the advice never applies.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_ADS)  # a no-op when present
 
 
@@ -143,6 +146,7 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
     except BaseException as exc:
         # Ctrl-C and SIGTERM end the run KILLED (Lightning turns Ctrl-C into exit(1) after its graceful
         # shutdown); anything else FAILED, with the reason.
+        signals.ending()  # a SIGTERM now must not cut the cleanup short and leave the run RUNNING
         terminated = isinstance(exc, signals.Terminated)
         status = "KILLED" if terminated or isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
         if getattr(exc, "step", None) is not None:
@@ -152,6 +156,7 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
             exc.outcome = signals.outcome(tracker.run_id, newest_checkpoint(cfg, ckpt.path if ckpt else None))
         warn_offline(tracker)
         raise
+    signals.ending()
     tracker.end("FINISHED")
     if not worker:
         print_summary(metrics, tracker, cfg, baseline=tags["baseline"])
