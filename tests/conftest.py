@@ -55,6 +55,41 @@ def run_cli(tmp_path: Path):
     return run
 
 
+def errors(stderr: str) -> list[str]:
+    """The `ssmoe: error:` lines of a command's stderr (each problem is exactly one such line)."""
+    return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]
+
+
+def start_train(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """`ssmoe train ARGS` in the background in tmp_path; its stderr goes to a file (a full pipe would
+    block it). Ctrl-C must reach it even where pytest itself runs in the background (ignoring SIGINT)."""
+    import time
+
+    err = tmp_path / f"stderr-{time.monotonic_ns()}"
+    with err.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ssmoe_cli", "train", *args],
+            cwd=tmp_path,
+            env=cli_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    return proc, err
+
+
+def wait_for(proc: subprocess.Popen, found, what: str, timeout: float = 180):
+    """Poll found() until it returns something truthy; fail if proc ends first or time runs out."""
+    import time
+
+    deadline = time.time() + timeout
+    while not (hit := found()):
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.1)
+    return hit
+
+
 def search_runs(tmp_path: Path, experiment: str = "ssmoe"):
     """All runs of an experiment in the temp dir's default store, as a DataFrame."""
     import mlflow

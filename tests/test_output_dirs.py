@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-import pytest
-from conftest import FAST, cli_env
+from conftest import FAST, errors, start_train
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]
 
 
 def test_runs_started_together_get_their_own_folders(tmp_path, run_cli):
     """Two runs whose folder names collide (as two started in the same second do: the default names
     the folder after the time to the second) each claim their own folder and write only there."""
     same = "hydra.run.dir=${unique_dir:logs/same}"  # both ask for one name: one must get logs/same_1
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ssmoe_cli", "train", *SYNTH, f"seed={seed}", same, "logger=none", *FAST],
-            cwd=tmp_path,
-            env=cli_env(tmp_path),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for seed in (1, 2)
-    ]
-    for proc in procs:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    started = [start_train(tmp_path, *SYNTH, f"seed={seed}", same, "logger=none", *FAST) for seed in (1, 2)]
+    for proc, err in started:
+        assert proc.wait(timeout=300) == 0, err.read_text()
     folders = sorted(tmp_path.glob("logs/same*"))
     assert [f.name for f in folders] == ["same", "same_1"]
     seeds = set()
@@ -50,16 +34,6 @@ def test_runs_started_together_get_their_own_folders(tmp_path, run_cli):
     # The default folders (and sweep folders) are claimed the same way.
     hydra_cfg = run_cli("train", "--cfg", "hydra").stdout
     assert hydra_cfg.count("${unique_dir:${paths.log_dir}/${task_name}/") == 2, hydra_cfg
-
-
-@pytest.mark.slow
-def test_ddp_workers_write_into_the_run_folder_without_lightning_advice(run_cli, tmp_path):
-    proc = run_cli(
-        "train", "trainer=ddp", *SYNTH, "trainer.max_epochs=1", "trainer.enable_progress_bar=false", *FAST[1:]
-    )
-    (folder,) = tmp_path.glob("logs/train/runs/*")  # Lightning re-runs the command: no second folder
-    assert (folder / "train.log").is_file() and (folder / "train_ddp_process_1.log").is_file()
-    assert "self.log('train/" not in proc.stderr  # epoch-level train metrics are synced across processes
 
 
 def test_claimed_folder_names_follow_the_taken_ones(tmp_path):

@@ -12,13 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, cli_env, search_runs
+from conftest import FAST, cli_env, errors, search_runs
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]
 
 
 @pytest.mark.slow
@@ -112,11 +110,11 @@ def test_killed_run_resumes_into_the_same_run_and_reaches_the_same_result(run_cl
         "train",
         "model=sgmoe",
         "data=synthetic",
-        "data.n_train=40000",
+        "data.n_train=24000",
         "data.batch_size=32",
         "model.num_experts=4",
         "model.expert_hidden=[16]",
-        "trainer.max_epochs=6",
+        "trainer.max_epochs=4",
         "threads=1",
         "trainer.enable_progress_bar=false",
         "timing.repeats_b1=5",

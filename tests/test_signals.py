@@ -4,42 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import FAST, cli_env, search_runs
+from conftest import FAST, errors, search_runs, start_train, wait_for
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]
 
 
-def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
-    """`ssmoe train ARGS` in the background; its stderr goes to a file (a full pipe would block it)."""
-    err = tmp_path / f"stderr-{time.monotonic_ns()}"
-    with err.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ssmoe_cli", "train", *args],
-            cwd=tmp_path,
-            env=cli_env(tmp_path),
-            stdout=subprocess.DEVNULL,
-            stderr=fh,
-        )
-    return proc, err
 
 
-def _wait_for(proc: subprocess.Popen, found, what: str, timeout: float = 120):
-    deadline = time.time() + timeout
-    while not (hit := found()):
-        assert proc.poll() is None, f"the run ended before {what}"
-        assert time.time() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.1)
-    return hit
 
 
 @pytest.mark.slow
@@ -47,8 +23,8 @@ def test_sigterm_during_training_ends_killed_keeps_the_checkpoint_and_resumes(ru
     """How SLURM and other schedulers stop a job: exit 143 with one line, the run KILLED with the
     reason, the last epoch's checkpoint kept, and `ckpt_path=last` finishes the same run."""
     args = [*SYNTH, "trainer.max_epochs=8", "trainer.enable_progress_bar=false", *FAST[1:]]
-    proc, err = _start(tmp_path, *args)
-    (ckpt,) = _wait_for(proc, lambda: list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt")), "a checkpoint")
+    proc, err = start_train(tmp_path, *args)
+    (ckpt,) = wait_for(proc, lambda: list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt")), "a checkpoint")
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     stderr = err.read_text()
@@ -72,8 +48,8 @@ def test_sigterm_stops_a_sweep_which_names_its_stopped_jobs(tmp_path):
     """The running job ends KILLED and hands in its outcome (what submitit needs from a SLURM job);
     the sweep's later jobs do not start, and its summary names them all."""
     args = ["-m", *SYNTH, "seed=0,1", "trainer.max_epochs=50", "trainer.enable_progress_bar=false", *FAST[1:]]
-    proc, err = _start(tmp_path, *args)
-    _wait_for(proc, lambda: list(tmp_path.glob("logs/train/multiruns/*/0/checkpoints/last.ckpt")), "a checkpoint")
+    proc, err = start_train(tmp_path, *args)
+    wait_for(proc, lambda: list(tmp_path.glob("logs/train/multiruns/*/0/checkpoints/last.ckpt")), "a checkpoint")
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 1
     stderr = err.read_text()
@@ -90,8 +66,8 @@ def test_sigterm_before_training_ends_the_run_killed(tmp_path):
     """During the t-SNE gate's pretraining (model.prepare, before Lightning runs): no longer left RUNNING."""
     args = ["model=ptsne_moe", "data=synthetic", "model.num_experts=4", "model.expert_hidden=[16]"]
     args += ["gating.pretrain_epochs=100000", "gating.tsne_batch_size=200", *FAST]
-    proc, err = _start(tmp_path, *args)
-    _wait_for(
+    proc, err = start_train(tmp_path, *args)
+    wait_for(
         proc,
         lambda: any("preparing the model" in log.read_text() for log in tmp_path.glob("logs/train/runs/*/train.log")),
         "the model's preparation",

@@ -76,6 +76,10 @@ def test_ddp_on_cpu_with_two_processes_logs_one_run(run_cli, tmp_path):
     runs = search_runs(tmp_path)
     assert len(runs) == 1 and runs.iloc[0].status == "FINISHED"
     assert runs.iloc[0]["metrics.test/acc"] > 0.5
+    # Both processes write into the one run folder: Lightning re-runs the command, no second folder.
+    (folder,) = tmp_path.glob("logs/train/runs/*")
+    assert (folder / "train.log").is_file() and (folder / "train_ddp_process_1.log").is_file()
+    assert "self.log('" not in proc.stderr  # every epoch-level metric is synced across processes: no advice
 
 
 @pytest.mark.slow

@@ -12,38 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, cli_env, search_runs
+from conftest import FAST, cli_env, errors, search_runs, start_train, wait_for
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]
 
 
-def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ssmoe_cli", "train", *args],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # Ctrl-C must reach it even where pytest itself runs in the background (which ignores SIGINT).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
 
 
 def _checkpoints(tmp_path: Path) -> list[Path]:
     return sorted(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt"))
 
 
-def _wait_for(proc: subprocess.Popen, found, what: str, timeout: float = 180):
-    deadline = time.time() + timeout
-    while not (hit := found()):
-        assert proc.poll() is None, f"the run ended before {what}"
-        assert time.time() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.1)
-    return hit
 
 
 def _epoch(ckpt: Path) -> int:
@@ -59,15 +40,15 @@ def test_killed_resumed_killed_again_resumes_from_the_newest_checkpoint(run_cli,
     epochs = 6
     args = [*SYNTH, "data.n_train=20000", "data.batch_size=32", f"trainer.max_epochs={epochs}", "threads=1"]
     args += ["trainer.enable_progress_bar=false", *FAST[1:]]
-    first = _start(tmp_path, *args)
-    (ckpt1,) = _wait_for(first, lambda: _checkpoints(tmp_path), "a first checkpoint")
+    first, _ = start_train(tmp_path, *args)
+    (ckpt1,) = wait_for(first, lambda: _checkpoints(tmp_path), "a first checkpoint")
     first.kill()  # SIGKILL: nothing can close the run
     first.wait()
     time.sleep(1.1)  # the resumed process gets an output folder of its own (named after the second)
 
-    second = _start(tmp_path, *args, "ckpt_path=last")
+    second, _ = start_train(tmp_path, *args, "ckpt_path=last")
     # The resumed process's first checkpoint: one epoch past the first one.
-    ckpt2 = _wait_for(second, lambda: [p for p in _checkpoints(tmp_path) if p != ckpt1], "a resumed checkpoint")[0]
+    ckpt2 = wait_for(second, lambda: [p for p in _checkpoints(tmp_path) if p != ckpt1], "a resumed checkpoint")[0]
     second.send_signal(signal.SIGINT)  # Ctrl-C: the run ends KILLED with an error tag
     second.wait(timeout=120)
     run = search_runs(tmp_path).iloc[0]

@@ -11,13 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FAST, cli_env, search_runs
+from conftest import FAST, cli_env, errors, search_runs, start_train
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]
 
 
 def train(cwd: Path, *args: str, env_from: Path | None = None) -> subprocess.CompletedProcess:
@@ -48,21 +46,10 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.slow
 def test_two_runs_creating_a_new_store_at_once_both_finish(tmp_path):
     """Both find no mlflow.db; without one creator at a time one died with `table ... already exists`."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ssmoe_cli", "train", *SYNTH, f"seed={seed}", f"hydra.run.dir=run{seed}", *FAST],
-            cwd=tmp_path,
-            env=cli_env(tmp_path),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for seed in (1, 2)
-    ]
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr
-        assert "Traceback" not in stderr
+    started = [start_train(tmp_path, *SYNTH, f"seed={seed}", f"hydra.run.dir=run{seed}", *FAST) for seed in (1, 2)]
+    for proc, err in started:
+        assert proc.wait(timeout=300) == 0, err.read_text()
+        assert "Traceback" not in err.read_text()
     runs = search_runs(tmp_path)
     assert len(runs) == 2 and set(runs.status) == {"FINISHED"} and set(runs["params.seed"]) == {"1", "2"}
 

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ssmoe_cli import metrics as names
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -46,9 +48,10 @@ class ClassifierModule(pl.LightningModule):
         loss = ce + sum(out.aux.values()) if out.aux else ce
         # sync_dist: under DDP the epoch's value is the mean over every process's shard, not rank 0's
         # alone; one all-reduce per metric at the epoch's end (a no-op in a single process).
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log(names.TRAIN_LOSS, loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         for name, value in out.aux.items():
-            self.log(f"train/aux/{name}", value, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+            aux_name = f"{names.TRAIN_AUX_PREFIX}{name}"
+            self.log(aux_name, value, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ssmoe_cli import metrics as names
 from ssmoe_cli.tracking import Tracker
 
 
@@ -42,10 +43,10 @@ def measure(
     acc = account(model, x_test)
     extra = {
         **acc.metrics(),
-        "prune/sparsity": pruner.final_sparsity(model),
-        "compression/ratio_vs_fcl": nonzero_params(baseline) / max(acc.params_nonzero, 1),
-        "time/train_s": train_s,
-        "time/epoch_s": epoch_s,
+        names.PRUNE_SPARSITY: pruner.final_sparsity(model),
+        names.RATIO_VS_FCL: nonzero_params(baseline) / max(acc.params_nonzero, 1),
+        names.TRAIN_S: train_s,
+        names.EPOCH_S: epoch_s,
     }
     layers = layer_table(model)
     write_layer_csv(layers, out_dir / "layers.csv")
@@ -67,12 +68,12 @@ def measure(
     kernels = use_sparse_kernels(exported)
     extra.update(
         {
-            "size/dense_bytes": float(dense_bytes),
-            "size/sparse_bytes": float(export.bytes),
-            "compression/bytes_ratio_vs_fcl": dense_bytes / export.bytes,
-            "inference/csr_layers": float(sum(kernels.values())),
-            "time/infer_ms_b1": latency_ms(exported, x_test[:1], repeats=cfg.timing.repeats_b1),
-            "time/infer_ms_b256": latency_ms(exported, x_test[:256], repeats=cfg.timing.repeats_b256),
+            names.DENSE_BYTES: float(dense_bytes),
+            names.SPARSE_BYTES: float(export.bytes),
+            names.BYTES_RATIO_VS_FCL: dense_bytes / export.bytes,
+            names.CSR_LAYERS: float(sum(kernels.values())),
+            names.INFER_MS_B1: latency_ms(exported, x_test[:1], repeats=cfg.timing.repeats_b1),
+            names.INFER_MS_B256: latency_ms(exported, x_test[:256], repeats=cfg.timing.repeats_b256),
         }
     )
     # Routing metrics and plots of a routed model (a mixture of experts); none for any other.
