@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,12 @@ def print_summary(metrics: dict[str, float], tracker: Tracker, cfg: DictConfig, 
             table.add_row(m.get(key).label, m.get(key).format(metrics[key]), key)
     console = Console()
     console.print(table)
-    console.print(f"Results: {tracker.describe()}")
+    # soft_wrap: these lines hold paths and a command to copy; rich must not break them at the width.
+    say = functools.partial(console.print, soft_wrap=True, highlight=False)
+    say(f"Results: {tracker.describe()}")
     if tracker.run_id and tracker.remote:
-        console.print(f"Browse: open {tracker.tracking_uri} (the tracking server's UI)")
+        say(f"Browse: open {tracker.tracking_uri} (the tracking server's UI)")
     elif tracker.run_id:
         uri = shlex.quote(str(tracker.tracking_uri))  # a path with spaces still pastes as one argument
-        console.print(f"Browse: run `mlflow ui` in this directory (or `mlflow ui --backend-store-uri {uri}`)")
-    console.print(f"Outputs (config, log, checkpoint): {Path(cfg.paths.output_dir).resolve()}")
+        say(f"Browse: run `mlflow ui` in this directory (or `mlflow ui --backend-store-uri {uri}`)")
+    say(f"Outputs (config, log, checkpoint): {Path(cfg.paths.output_dir).resolve()}")

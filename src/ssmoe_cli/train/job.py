@@ -133,15 +133,19 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
     from ssmoe_cli.train.console import print_summary
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    baseline = instantiate(cfg.baseline)
-    if ckpt is not None and ckpt.run_id:
-        tracker.resume(ckpt.run_id, resume_tags(ckpt, context.output_dir))
-        log.info("resuming MLflow run %s from %s", ckpt.run_id, ckpt.path)
-    else:
-        tracker.start(config, tags, run_name=f"{tags['model']}-{tags['data']}-s{cfg.seed}")
+    with signals.phase("while building the data and the model (no MLflow run yet)"):
+        datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model)
+        baseline = instantiate(cfg.baseline)
     try:
+        # deferred: a SIGTERM while the run is being created (several store writes) waits until it is
+        # whole, then ends it KILLED below; raised half way, it would leave the run RUNNING for ever.
+        with signals.deferred("while starting the MLflow run"):
+            if ckpt is not None and ckpt.run_id:
+                tracker.resume(ckpt.run_id, resume_tags(ckpt, context.output_dir))
+                log.info("resuming MLflow run %s from %s", ckpt.run_id, ckpt.path)
+            else:
+                tracker.start(config, tags, run_name=f"{tags['model']}-{tags['data']}-s{cfg.seed}")
         metrics = fit_and_test(cfg, datamodule, model, baseline, tracker, ckpt.path if ckpt else None)
     except BaseException as exc:
         # Ctrl-C and SIGTERM end the run KILLED (Lightning turns Ctrl-C into exit(1) after its graceful
