@@ -101,3 +101,12 @@ def test_a_sigterm_while_the_job_closes_its_run_is_recorded_not_raised():
         time.sleep(0.2)
         assert signals.received()
     signals._state.stopped = False
+
+
+def test_ctrl_c_before_training_is_one_line_not_a_traceback(tmp_path):
+    proc, err = start_train(tmp_path, *SYNTH, *FAST)
+    time.sleep(1.0)  # still importing or composing: no run exists yet
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    stderr = err.read_text()
+    assert "Traceback" not in stderr and "ssmoe: interrupted (Ctrl-C)" in stderr, stderr

@@ -35,7 +35,7 @@ def _epoch(ckpt: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_resumed_killed_again_resumes_from_the_newest_checkpoint(run_cli, tmp_path):
-    """kill -9, resume, Ctrl-C, resume: the second resume continues from the first resume's checkpoint
+    """kill -9, resume, SIGTERM, resume: the second resume continues from the first resume's checkpoint
     (no epoch twice, so one val/acc per epoch), and the finished run carries no stale error."""
     epochs = 6
     args = [*SYNTH, "data.n_train=20000", "data.batch_size=32", f"trainer.max_epochs={epochs}", "threads=1"]
@@ -49,8 +49,11 @@ def test_killed_resumed_killed_again_resumes_from_the_newest_checkpoint(run_cli,
     second, _ = start_train(tmp_path, *args, "ckpt_path=last")
     # The resumed process's first checkpoint: one epoch past the first one.
     ckpt2 = wait_for(second, lambda: [p for p in _checkpoints(tmp_path) if p != ckpt1], "a resumed checkpoint")[0]
-    second.send_signal(signal.SIGINT)  # Ctrl-C: the run ends KILLED with an error tag
-    second.wait(timeout=120)
+    # SIGTERM, as a scheduler stops a job: the run ends KILLED with an error tag. (Ctrl-C would do too,
+    # but Python raises KeyboardInterrupt wherever the process is; once in a full-suite run a process
+    # so interrupted did not exit within 120 s, which this test is not about.)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=120) == 143
     run = search_runs(tmp_path).iloc[0]
     assert run.status == "KILLED" and run["tags.error"]
     assert run["tags.output_dir"] == str(ckpt2.parent.parent)  # the resumed process's folder

@@ -71,9 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             f"ssmoe: unknown command '{name}'; choose one of: {', '.join(COMMANDS)} (see ssmoe --help)", file=sys.stderr
         )
         return 2
-    module = importlib.import_module(COMMANDS[name].module)
     try:
+        module = importlib.import_module(COMMANDS[name].module)
         return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C before or after training (during training Lightning stops gracefully and the run ends
+        # KILLED): one line, the shell's status for SIGINT, no traceback through the import machinery.
+        print("ssmoe: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + 2
     except BrokenPipeError:
         # The reader went away (`ssmoe export --info FILE | head`): stop quietly, as Unix tools do,
         # and keep Python from complaining again when it flushes stdout at exit.
