@@ -50,8 +50,7 @@ class ClassifierModule(pl.LightningModule):
         # alone; one all-reduce per metric at the epoch's end (a no-op in a single process).
         self.log(names.TRAIN_LOSS, loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         for name, value in out.aux.items():
-            aux_name = f"{names.TRAIN_AUX_PREFIX}{name}"
-            self.log(aux_name, value, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+            self.log(names.aux_loss(name), value, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy) -> None:
