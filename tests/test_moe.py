@@ -121,7 +121,8 @@ def test_accounting_by_hand_on_a_tiny_model():
     # (the route reads a unit of another expert, never its own: no overlap when k=1).
     assert acc.active_per_sample == pytest.approx(12 + 2 + 3 + gate)
     assert acc.flops_per_sample == pytest.approx(4 + 4 + 2 + 2 + model.gate.active_macs())
-    assert acc.params_total == 3 * 12 + 3 * 2 + sum(p.numel() for p in model.gate.parameters())
+    # W_noise is train-only: inference never reads it, so only W_g counts.
+    assert acc.params_total == 3 * 12 + 3 * 2 + model.gate.w_gate.weight.numel()
 
 
 def test_active_parameters_follow_k_and_fan_out_not_the_number_of_experts():

@@ -237,7 +237,7 @@ def test_layer_table_lists_every_masked_layer():
     model = moe()
     magnitude_prune(model, 0.5, targets=["hidden"])
     rows = {row["name"]: row for row in layer_table(model)}
-    assert set(rows) == {"gate.w_gate", "gate.w_noise", "layers.0", "layers.1", "route"}
+    assert set(rows) == {"gate.w_gate", "layers.0", "layers.1", "route"}  # W_noise: train-only, never pruned
     assert rows["layers.0"]["role"] == "hidden" and rows["layers.0"]["shape"] == (6, 16, IN)
     assert rows["layers.0"]["sparsity"] == 0.5 and rows["layers.0"]["nonzero"] == 6 * 16 * IN // 2
     assert rows["gate.w_gate"]["sparsity"] == 0.0 and rows["route"]["role"] == "route"

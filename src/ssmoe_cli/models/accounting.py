@@ -1,10 +1,18 @@
 """Parameter and FLOP accounting, read from the masks of the layers (not from configs).
 
+Everything counts what INFERENCE uses: weights only training reads (layers marked `train_only`,
+e.g. SGMoE's noise network W_noise) are left out of every count below and reported apart as
+params/train_only; floating-point buffers inference reads (the t-SNE gate's centres and
+temperature) count like parameters. Masks and integer index buffers are structure, not weights.
+
 Definitions (the metrics contract, docs/configuration.md; names in ssmoe_cli.metrics):
-- params/total: every parameter, masked or not.
-- params/nonzero: parameters neither masked out nor exactly zero.
+- params/total: every inference parameter (and float buffer), masked or not.
+- params/nonzero: those neither masked out nor exactly zero.
 - params/active_per_sample: mean number of nonzero parameters one sample's forward pass uses.
-- flops/per_sample: mean multiply-adds of the nonzero weights one sample's forward pass uses.
+- flops/per_sample: mean multiply-adds of the ideal sparse pass of one sample: one per nonzero
+  weight the sample's pass uses (masked and zero weights cost nothing; biases, activations and
+  the gate's softmax are not counted).
+- params/train_only: parameters only training uses (not in any count above).
 - compression/ratio_vs_fcl: nonzero parameters of the baseline network / params/nonzero.
 """
 
@@ -17,7 +25,7 @@ from torch import nn
 
 from ssmoe_cli import metrics as names
 from ssmoe_cli.models.base import Model
-from ssmoe_cli.models.layers import MaskedLinear, masked_layers
+from ssmoe_cli.models.layers import MaskedLinear, masked_layers, train_only_layers
 
 
 @dataclass(frozen=True)
@@ -36,23 +44,46 @@ class Accounting:
         }
 
 
+def _train_only_ids(module: nn.Module) -> set[int]:
+    return {id(t) for m in train_only_layers(module).values() for t in (m.weight, m.bias) if t is not None}
+
+
+def inference_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The parameters and floating-point buffers inference reads (each once): not the train-only
+    layers' weights, not masks or integer index buffers."""
+    skip = _train_only_ids(module)
+    params = [p for p in module.parameters() if id(p) not in skip]
+    buffers = [b for b in module.buffers() if b.is_floating_point() and id(b) not in skip]
+    return params + buffers
+
+
 def total_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Every inference parameter and float buffer, masked or not (train-only weights excluded)."""
+    return sum(t.numel() for t in inference_tensors(module))
+
+
+def train_only_params(module: nn.Module) -> int:
+    """Parameters of the layers only training uses (e.g. SGMoE's W_noise); 0 for most models."""
+    skip = _train_only_ids(module)
+    return sum(p.numel() for p in module.parameters() if id(p) in skip)
 
 
 def nonzero_params(module: nn.Module) -> int:
-    """Nonzero parameters; masked weights count as zero whatever their stored value."""
+    """Nonzero inference parameters and float buffers; masked weights count as zero whatever their
+    stored value. This is params/nonzero and the count `prune.target_nonzero` budgets."""
     masked = {id(m.weight): m for m in masked_layers(module)}
     count = 0
-    for p in module.parameters():
-        owner = masked.get(id(p))
-        count += owner.nonzero_weights() if owner is not None else int(torch.count_nonzero(p))
+    for t in inference_tensors(module):
+        owner = masked.get(id(t))
+        count += owner.nonzero_weights() if owner is not None else int(torch.count_nonzero(t))
     return count
 
 
 def nonzero_macs(module: nn.Module) -> int:
-    """Multiply-adds of one pass of one sample through every MaskedLinear of the module (nonzero weights)."""
-    return sum(m.nonzero_weights() for m in masked_layers(module) if isinstance(m, MaskedLinear))
+    """Multiply-adds of one pass of one sample through every inference MaskedLinear of the module."""
+    return sum(
+        m.nonzero_weights() for m in masked_layers(module) if isinstance(m, MaskedLinear) and not m.train_only
+    )
 
 
 def dense_accounting(module: nn.Module) -> Accounting:

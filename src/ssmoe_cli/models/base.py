@@ -94,8 +94,9 @@ class Model(nn.Module, abc.ABC):
         """Fit-independent preparation on training inputs before classification training."""
 
     def prunable_layers(self) -> dict[str, Masked]:
-        """The masked layers a sparsity method may prune, by qualified name; each has a `role`."""
-        return {name: m for name, m in self.named_modules() if isinstance(m, Masked)}
+        """The masked layers a sparsity method may prune, by qualified name; each has a `role`.
+        Layers only training uses (`train_only`) are not among them: inference never reads them."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, Masked) and not m.train_only}
 
     def routing(self) -> Routing | None:
         """Routing facts of a routed model; None for a model every sample passes through whole."""
@@ -112,7 +113,7 @@ def prunable_layers(model: nn.Module) -> dict[str, Masked]:
     """The model's prunable layers by qualified name (any nn.Module: its masked layers)."""
     if isinstance(model, Model):
         return model.prunable_layers()
-    return {name: m for name, m in model.named_modules() if isinstance(m, Masked)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, Masked) and not m.train_only}
 
 
 def routing_of(model: nn.Module) -> Routing | None:

@@ -26,6 +26,9 @@ class Masked(nn.Module):
     # hidden layers), "output" (the last layer that produces logits), "route" (inter-expert
     # routes), "gate" (the gating network). Models set it where the default is wrong.
     role: str = "hidden"
+    # True for a layer only training uses (SGMoE's noise network W_noise): inference never reads it,
+    # so accounting, pruning targets and the exported file leave it out (see `train_only_layers`).
+    train_only: bool = False
 
     def _init_mask(self) -> None:
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
@@ -98,6 +101,11 @@ class ExpertLinear(Masked):
 
 def masked_layers(module: nn.Module) -> list[Masked]:
     return [m for m in module.modules() if isinstance(m, Masked)]
+
+
+def train_only_layers(module: nn.Module) -> dict[str, Masked]:
+    """The masked layers only training uses, by qualified name in `module`."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, Masked) and m.train_only}
 
 
 def set_role(module: nn.Module, role: str) -> nn.Module:

@@ -66,6 +66,8 @@ class NoisyTopKGate(Gate):
         nn.init.zeros_(self.w_gate.weight)
         nn.init.zeros_(self.w_noise.weight)
         set_role(self, "gate")
+        # Noise exists only in training mode: inference (and so accounting, pruning and export) never reads W_noise.
+        self.w_noise.train_only = True
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> GateOutput:
         """``noise`` (B, E) replaces the N(0, 1) draw (tests); it is ignored when noise is off."""
