@@ -326,7 +326,8 @@ def test_ptsne_auto_temperature_follows_map_scale() -> None:
 
 def test_ptsne_accounting() -> None:
     gate = small_ptsne(20, 4, 1)
-    assert gate.active_params() == (20 * 16 + 16) + (16 * 2 + 2) + 4 * 2
+    # f, the 4 x 2 centres and the temperature: every sample reads all of them (as params/nonzero counts).
+    assert gate.active_params() == (20 * 16 + 16) + (16 * 2 + 2) + 4 * 2 + 1
     assert gate.active_macs() == 20 * 16 + 16 * 2 + 2 * 4
     gate.net[0].set_mask(torch.zeros(16, 20, dtype=torch.bool))
     assert gate.active_macs() == 16 * 2 + 2 * 4

@@ -32,10 +32,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ssmoe_cli.models.accounting import nonzero_macs
+from ssmoe_cli.models.accounting import nonzero_macs, nonzero_params
 from ssmoe_cli.models.gating.base import Gate, GateOutput, topk_softmax
 from ssmoe_cli.models.gating.tsne import FixedBatches, kl_divergence, tsne_loss
-from ssmoe_cli.models.layers import masked_layers, mlp, set_role
+from ssmoe_cli.models.layers import mlp, set_role
 
 
 def kmeans(y: Tensor, k: int, generator: torch.Generator, iters: int = 100) -> Tensor:
@@ -247,11 +247,14 @@ class PTSNEGate(Gate):
 
     # -- accounting ---------------------------------------------------------------------------
     def active_params(self) -> int:
-        """The map network's nonzero parameters plus the E x 2 centres every sample compares with."""
-        return sum(m.nonzero_params() for m in masked_layers(self.net)) + self.centres.numel()
+        """The whole gate, as params/nonzero counts it: every sample's pass reads f's nonzero
+        weights and biases, the E x 2 centres it compares with and the temperature that scales the
+        distances (float buffers inference reads count like parameters, models/accounting.py)."""
+        return nonzero_params(self)
 
     def active_macs(self) -> int:
-        """f's nonzero weights plus 2 multiply-adds per centre for the squared distances."""
+        """f's nonzero weights plus 2 multiply-adds per centre (one per coordinate) for the squared
+        distances; the division by the temperature belongs with the softmax (not counted)."""
         return nonzero_macs(self.net) + 2 * self.num_experts
 
     def extra_repr(self) -> str:
