@@ -29,6 +29,10 @@ PARAMS_TOTAL = "params/total"
 PARAMS_NONZERO = "params/nonzero"
 PARAMS_ACTIVE = "params/active_per_sample"
 FLOPS = "flops/per_sample"
+PARAMS_TRAIN_ONLY = "params/train_only"
+PARAMS_GATE_NONZERO = "params/gate_nonzero"
+GATE_SHARE_NONZERO = "params/gate_share_nonzero"
+GATE_SHARE_ACTIVE = "params/gate_share_active"
 PRUNE_SPARSITY = "prune/sparsity"
 RATIO_VS_FCL = "compression/ratio_vs_fcl"
 BYTES_RATIO_VS_FCL = "compression/bytes_ratio_vs_fcl"
@@ -99,6 +103,10 @@ ALL: tuple[Metric, ...] = (
     Metric(PARAMS_NONZERO, "params nonzero", "nonzero", "{:,.0f}", "count"),
     Metric(PARAMS_ACTIVE, "params active / sample", "active/sample", "{:,.0f}", "count"),
     Metric(FLOPS, "multiply-adds / sample", "MACs/sample", "{:,.0f}", "count"),
+    Metric(PARAMS_TRAIN_ONLY, "params used only in training", "train-only", "{:,.0f}", "count"),
+    Metric(PARAMS_GATE_NONZERO, "gate params nonzero", "gate nonzero", "{:,.0f}", "count", scope="moe"),
+    Metric(GATE_SHARE_NONZERO, "gate share of nonzero params", "gate % nonzero", "{:.4f}", "fraction", scope="moe"),
+    Metric(GATE_SHARE_ACTIVE, "gate share of active params", "gate % active", "{:.4f}", "fraction", scope="moe"),
     Metric(PRUNE_SPARSITY, "pruned fraction (targeted weights)", "pruned", "{:.4f}", "fraction"),
     Metric(RATIO_VS_FCL, "params compression vs baseline", "vs FCL", "{:.2f}x", "ratio"),
     Metric(SPARSE_BYTES, "exported file (bytes)", "file bytes", "{:,.0f}", "count"),

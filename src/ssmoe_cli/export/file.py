@@ -6,7 +6,12 @@ Format "ssmoe-sparse/1":
   `<key>::values` (float), `<key>::col` and `<key>::crow` (the smallest integer dtype that fits),
   whichever is smaller; masks are not stored (a loaded layer's mask is `weight != 0`);
 - every other tensor of the state dict (biases, centres, route indices...) dense;
-- metadata: the format, the model's config (`_target_` tree) as JSON, which keys are CSR, and
+- NOT the layers only training uses (`Masked.train_only`, e.g. SGMoE's noise network W_noise):
+  inference never reads them, so the loader lets the rebuilt model keep its constructor values
+  for exactly those tensors (any other missing tensor is an error). Files written before this
+  rule carry them; the loader then uses the stored values;
+- metadata: the format, the model's config (`_target_` tree) as JSON, which keys are CSR, the
+  names of the train-only layers left out (`train_only`, JSON; informative), and
   (files written since the preprocessing was added) `preprocessing`: how raw inputs become the
   network's inputs, with the class names. Files without it load as before and take inputs already
   standardised as in training.
@@ -30,7 +35,7 @@ from torch import nn
 from ssmoe_cli.data.preprocessing import Preprocessing
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.export.kernels import quiet_csr, to_csr, use_sparse_kernels
-from ssmoe_cli.models.layers import Masked
+from ssmoe_cli.models.layers import Masked, train_only_layers
 
 FORMAT = "ssmoe-sparse/1"
 SEP = "::"
@@ -70,6 +75,15 @@ def _masked_weights(model: nn.Module) -> dict[str, Masked]:
     return {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Masked)}
 
 
+def _train_only_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the layers only training uses (weight, bias, mask): never exported."""
+    return {
+        f"{name}.{key}" if name else key
+        for name, layer in train_only_layers(model).items()
+        for key in layer.state_dict()
+    }
+
+
 def _csr_parts(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     w2 = to_csr(weight.reshape(-1, weight.shape[-1]))
     values, col, crow = w2.values(), w2.col_indices(), w2.crow_indices()
@@ -93,12 +107,13 @@ def export_model(
 
     path = Path(path)
     masked = _masked_weights(model)
+    train_only = _train_only_keys(model)
     tensors: dict[str, torch.Tensor] = {}
     csr: dict[str, list[int]] = {}
     for key, value in model.state_dict().items():
         owner = key[: -len(".mask")] + ".weight" if key.endswith(".mask") else None
-        if owner in masked:
-            continue  # masks are implied by the stored weights
+        if owner in masked or key in train_only:
+            continue  # masks are implied by the stored weights; inference never reads train-only layers
         value = value.detach().cpu()
         if key in masked:
             value = masked[key].masked_weight().detach().cpu()
@@ -108,7 +123,12 @@ def export_model(
                 csr[key] = list(value.shape)
                 continue
         tensors[key] = value.contiguous()
-    metadata = {"format": FORMAT, "model_config": json.dumps(model_config), "csr": json.dumps(csr)}
+    metadata = {
+        "format": FORMAT,
+        "model_config": json.dumps(model_config),
+        "csr": json.dumps(csr),
+        "train_only": json.dumps(sorted(train_only_layers(model))),
+    }
     if preprocessing is not None:
         metadata["preprocessing"] = preprocessing.to_json()
     save_file(tensors, str(path), metadata=metadata)
@@ -150,6 +170,15 @@ def read_export(path: str | Path) -> ExportFile:
     return ExportFile(config, csr, preprocessing, tensors)
 
 
+def _first_error(exc: Exception) -> str:
+    """One line saying what is wrong: load_state_dict's message starts with a header line
+    ("Error(s) in loading state_dict for X:") and lists the errors on the next ones."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[1]
+    return lines[0] if lines else type(exc).__name__
+
+
 def _shape(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
 
@@ -182,10 +211,16 @@ def load_model(path: str | Path, sparse_kernels: bool = True, trusted: Iterable[
             state[key] = csr.to_dense().reshape(shape)
         state.update(tensors)
         for key in _masked_weights(model):
-            state[key[: -len(".weight")] + ".mask"] = state[key] != 0
+            if key in state:  # a missing weight is reported by load_state_dict below
+                state[key[: -len(".weight")] + ".mask"] = state[key] != 0
+        # Train-only tensors are not in the file: the rebuilt model keeps its constructor values for
+        # exactly those (inference never reads them); any other missing key fails the strict load.
+        own = model.state_dict()
+        for key in _train_only_keys(model):
+            state.setdefault(key, own[key])
         model.load_state_dict(state)
     except (KeyError, RuntimeError) as exc:  # missing parts, bad CSR, shapes that do not match
-        raise SsmoeError(f"{path}: its tensors do not fit its model config ({str(exc).splitlines()[0]})") from None
+        raise SsmoeError(f"{path}: its tensors do not fit its model config ({_first_error(exc)})") from None
     model.eval()
     if sparse_kernels:
         use_sparse_kernels(model)

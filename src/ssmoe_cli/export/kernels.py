@@ -88,10 +88,12 @@ def use_sparse_kernels(
     model: nn.Module, batch_size: int = 256, min_sparsity: float = 0.5, min_speedup: float = 1.1
 ) -> dict[str, bool]:
     """Replace each masked layer by its CSR version where a quick measurement at `batch_size` shows
-    it faster (by `min_speedup`); layers below `min_sparsity` are not tried. Returns the decisions."""
+    it faster (by `min_speedup`); layers below `min_sparsity` are not tried, nor layers only training
+    uses (`train_only`: inference never runs them, so they are neither timed nor counted).
+    Returns the decisions."""
     decisions: dict[str, bool] = {}
     for name, layer in list(model.named_modules()):
-        if not isinstance(layer, MaskedLinear | ExpertLinear):
+        if not isinstance(layer, MaskedLinear | ExpertLinear) or layer.train_only:
             continue
         if 1 - layer.nonzero_weights() / layer.weight.numel() < min_sparsity:
             decisions[name] = False

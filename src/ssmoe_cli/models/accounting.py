@@ -13,6 +13,9 @@ Definitions (the metrics contract, docs/configuration.md; names in ssmoe_cli.met
   weight the sample's pass uses (masked and zero weights cost nothing; biases, activations and
   the gate's softmax are not counted).
 - params/train_only: parameters only training uses (not in any count above).
+- params/gate_nonzero (mixtures of experts): the gate's share of params/nonzero, as a count;
+  params/gate_share_nonzero and params/gate_share_active: the fractions of params/nonzero and of
+  params/active_per_sample that are the gate's (every sample's pass reads the whole gate).
 - compression/ratio_vs_fcl: nonzero parameters of the baseline network / params/nonzero.
 """
 
@@ -30,18 +33,36 @@ from ssmoe_cli.models.layers import MaskedLinear, masked_layers, train_only_laye
 
 @dataclass(frozen=True)
 class Accounting:
+    """One model's counts (see the module docstring); the gate's fields are None without a gate."""
+
     params_total: int
     params_nonzero: int
     active_per_sample: float
     flops_per_sample: float
+    train_only: int = 0
+    gate_nonzero: int | None = None  # nonzero inference parameters of the gate
+    gate_active: float | None = None  # of active_per_sample, the gate's (the whole gate, every sample)
 
     def metrics(self) -> dict[str, float]:
-        return {
+        """The counts under their MLflow names (ssmoe_cli.metrics); gate shares only with a gate."""
+        out = {
             names.PARAMS_TOTAL: float(self.params_total),
             names.PARAMS_NONZERO: float(self.params_nonzero),
             names.PARAMS_ACTIVE: float(self.active_per_sample),
             names.FLOPS: float(self.flops_per_sample),
+            names.PARAMS_TRAIN_ONLY: float(self.train_only),
         }
+        if self.gate_nonzero is not None:
+            out[names.PARAMS_GATE_NONZERO] = float(self.gate_nonzero)
+            out[names.GATE_SHARE_NONZERO] = _share(self.gate_nonzero, self.params_nonzero)
+        if self.gate_active is not None:
+            out[names.GATE_SHARE_ACTIVE] = _share(self.gate_active, self.active_per_sample)
+        return out
+
+
+def _share(part: float, whole: float) -> float:
+    # A model pruned to nothing has no share to speak of; 0 rather than 0/0.
+    return float(part) / float(whole) if whole > 0 else 0.0
 
 
 def _train_only_ids(module: nn.Module) -> set[int]:
@@ -81,15 +102,15 @@ def nonzero_params(module: nn.Module) -> int:
 
 def nonzero_macs(module: nn.Module) -> int:
     """Multiply-adds of one pass of one sample through every inference MaskedLinear of the module."""
-    return sum(
-        m.nonzero_weights() for m in masked_layers(module) if isinstance(m, MaskedLinear) and not m.train_only
-    )
+    return sum(m.nonzero_weights() for m in masked_layers(module) if isinstance(m, MaskedLinear) and not m.train_only)
 
 
 def dense_accounting(module: nn.Module) -> Accounting:
     """Accounting of a network whose every weight is used by every sample (FCL, baselines)."""
     nonzero = nonzero_params(module)
-    return Accounting(total_params(module), nonzero, float(nonzero), float(nonzero_macs(module)))
+    return Accounting(
+        total_params(module), nonzero, float(nonzero), float(nonzero_macs(module)), train_only_params(module)
+    )
 
 
 def account(model: nn.Module, x: torch.Tensor | None = None) -> Accounting:

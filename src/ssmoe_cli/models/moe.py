@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmoe_cli.models.accounting import Accounting, nonzero_params, total_params
+from ssmoe_cli.models.accounting import Accounting, nonzero_params, total_params, train_only_params
 from ssmoe_cli.models.base import Model, ModelOutput, Routing
 from ssmoe_cli.models.gating.base import Gate
 from ssmoe_cli.models.layers import ExpertLinear, set_role
@@ -213,7 +213,9 @@ class MixtureOfExperts(Model):
 
         A sample uses: the gate network; all units of its active experts; the route units those
         experts read (each unit counted once even if several active experts read it); the
-        later layers and route weights of its active experts. Masked and zero weights do not count.
+        later layers and route weights of its active experts. Masked and zero weights do not count,
+        nor do weights only training uses (the gate's noise network). The gate's own share is
+        reported apart: its nonzero parameters, and `Gate.active_params()` of every sample's pass.
         """
         first = self.layers[0]
         n_exp, hidden = self.num_experts, first.out_features
@@ -245,4 +247,7 @@ class MixtureOfExperts(Model):
             params_nonzero=nonzero_params(self),
             active_per_sample=float(torch.cat(params).mean()) + gate_params,
             flops_per_sample=float(torch.cat(macs).mean()) + gate_macs,
+            train_only=train_only_params(self),
+            gate_nonzero=nonzero_params(self.gate),
+            gate_active=float(gate_params),
         )

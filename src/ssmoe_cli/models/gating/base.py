@@ -25,9 +25,11 @@ class Gate(nn.Module, abc.ABC):
     Built as ``Gate(in_features, num_experts, k, ...)``. A subclass implements `forward` (a
     GateOutput), `active_params` and `active_macs` (what one sample's eval-mode pass through the gate
     uses, for the model's accounting); every weight matrix should be a MaskedLinear so that pruning
-    and accounting see it. The rest has defaults a gate without a map keeps: no `positions` (the
-    topologies then place experts on a ring), nothing to `prepare`, no `embed`ding and no
-    `diagnostics` of its own.
+    and accounting see it, and one only training reads (SGMoE's noise network) is marked
+    ``layer.train_only = True``: accounting, pruning and the exported file then leave it out.
+    Floating-point buffers the pass reads (centres, a temperature) count like parameters. The rest
+    has defaults a gate without a map keeps: no `positions` (the topologies then place experts on a
+    ring), nothing to `prepare`, no `embed`ding and no `diagnostics` of its own.
     """
 
     num_experts: int
@@ -39,7 +41,8 @@ class Gate(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def active_params(self) -> int:
-        """Nonzero parameters one sample's eval-mode pass through the gate uses."""
+        """Nonzero parameters (and float buffers) one sample's eval-mode pass through the gate uses;
+        never the train-only layers'."""
 
     @abc.abstractmethod
     def active_macs(self) -> int:
