@@ -4,7 +4,11 @@
 - stochasticnet: one random sparse connectivity fixed before training (Shafiee et al. 2015);
 - magnitude: train -> prune smallest |w| -> retrain, in rounds (Han et al. 2015), or the gradual
   cubic schedule (Zhu & Gupta 2017);
-- obd: Optimal Brain Damage, saliency h_kk w^2 / 2 (LeCun et al. 1990), Fisher or Hutchinson.
+- obd: Optimal Brain Damage, saliency h_kk w^2 / 2 (LeCun et al. 1990), Fisher or Hutchinson;
+- random: the schedule of magnitude with random weights removed, the sanity baseline (Blalock et al. 2020).
+
+Every method reaches either a sparsity of the targeted weights (prune.target_sparsity, density) or a
+budget, prune.target_nonzero: exactly that many nonzero inference parameters in the whole model.
 
 All act through the masks of the models' Masked layers (ssmoe_cli.models.layers), selected by
 role (hidden, output, route, gate) among the layers the model calls prunable, so accounting and
@@ -17,7 +21,9 @@ from ssmoe_cli.prune.magnitude import MagnitudePruning, magnitude_prune, std_pru
 from ssmoe_cli.prune.masks import (
     DEFAULT_TARGETS,
     ROLES,
+    allocate,
     apply_masks,
+    budget_sparsity,
     layer_table,
     prune_to,
     register_mask_hook,
@@ -26,6 +32,7 @@ from ssmoe_cli.prune.masks import (
 )
 from ssmoe_cli.prune.none import NoPruning
 from ssmoe_cli.prune.obd import OBDPruning, fisher_diagonal, hutchinson_diagonal, obd_prune, obd_saliency
+from ssmoe_cli.prune.random import RandomPruning, random_prune
 from ssmoe_cli.prune.schedule import Schedule
 from ssmoe_cli.prune.stochasticnet import StochasticNet, random_masks
 
@@ -37,9 +44,12 @@ __all__ = [
     "OBDPruning",
     "PruneContext",
     "PruningCallback",
+    "RandomPruning",
     "Schedule",
     "StochasticNet",
+    "allocate",
     "apply_masks",
+    "budget_sparsity",
     "fisher_diagonal",
     "hutchinson_diagonal",
     "layer_table",
@@ -48,6 +58,7 @@ __all__ = [
     "obd_saliency",
     "prune_to",
     "random_masks",
+    "random_prune",
     "register_mask_hook",
     "sparsity",
     "std_prune",

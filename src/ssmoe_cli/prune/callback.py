@@ -25,7 +25,7 @@ from ssmoe_cli import metrics as names
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.models.base import prunable_layers
 from ssmoe_cli.module import ClassifierModule
-from ssmoe_cli.prune.masks import check_targets, register_mask_hook, sparsity, target_layers
+from ssmoe_cli.prune.masks import budget_sparsity, check_targets, register_mask_hook, sparsity, target_layers
 from ssmoe_cli.prune.schedule import Schedule
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class PruningCallback(pl.Callback):
             )
         if self.schedule is not None:
             self.schedule.check(self._budget(trainer))
+            self._resolved_schedule(model)  # an unreachable prune.target_nonzero fails now, not after epochs
         self._remove_hooks()
         self._hooks = [register_mask_hook(opt, model) for opt in trainer.optimizers]
         self.start(model, self._context())
@@ -110,12 +111,13 @@ class PruningCallback(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.schedule is not None and len(self.done) < self.schedule.n:
+            budget = self.schedule.target_nonzero
             log.warning(
-                "prune: training stopped after %d of %d pruning rounds; sparsity %.4f instead of %.4f",
+                "prune: training stopped after %d of %d pruning rounds; sparsity %.4f instead of %s",
                 len(self.done),
                 self.schedule.n,
                 self.final_sparsity(self._network()),
-                self.schedule.target,
+                f"{self.schedule.target:.4f}" if budget is None else f"the prune.target_nonzero={budget} budget",
             )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -162,8 +164,8 @@ class PruningCallback(pl.Callback):
         if not due:
             return
         r = max(due)
-        target = self.schedule.sparsity(r)
         model = self._network()
+        target = self._resolved_schedule(model).sparsity(r)
         self.prune(model, target, self._context())
         self.done.update(due)
         reached = self.final_sparsity(model)
@@ -177,6 +179,15 @@ class PruningCallback(pl.Callback):
             target,
             reached,
         )
+
+    def _resolved_schedule(self, model: nn.Module) -> Schedule:
+        """The schedule with its final sparsity: prune.target_sparsity, or the sparsity that reaches
+        prune.target_nonzero on this model now (resolved at every round, from the current masks)."""
+        assert self.schedule is not None
+        budget = self.schedule.target_nonzero
+        if budget is None:
+            return self.schedule
+        return self.schedule.for_sparsity(budget_sparsity(model, self.targets, budget))
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks:

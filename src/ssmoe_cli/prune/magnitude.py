@@ -85,6 +85,10 @@ class MagnitudePruning(PruningCallback):
         check_scope(scope)
         if criterion not in CRITERIA:
             raise ValueError(f"prune.criterion={criterion!r}: choose fraction or std")
+        if criterion == "std" and self.schedule.target_nonzero is not None:
+            raise ValueError(
+                "prune.criterion=std sets its own sparsity: prune.target_nonzero needs prune.criterion=fraction"
+            )
         if criterion == "std" and self.schedule.kind == "gradual":
             raise ValueError("prune.criterion=std sets no sparsity to follow: use prune.schedule=oneshot or iterative")
         if quality_factor <= 0:

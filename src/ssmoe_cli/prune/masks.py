@@ -4,21 +4,30 @@ masked weights at zero through any optimizer.
 
 Pruning only ever removes weights: a mask is installed as (new mask AND old mask), so weights that
 are already masked (e.g. the padding of a mixture of experts' routes) stay masked and count as
-pruned. Sparsity is measured over the weights of the targeted layers (biases excluded) and counts
-every weight that is masked or exactly zero, like the accounting's params/nonzero does. Layers come
-from the model's interface (`prunable_layers`), by qualified name; nothing here knows Lightning.
+pruned. With scope "layer" the count to prune is split over the layers in proportion to their size
+(largest remainder, never fewer than a layer has already masked), so the total is exactly
+round(target * N) of the N targeted weights; with scope "global" it is one ranking of all of them.
+
+Budgets: `budget_sparsity` turns `prune.target_nonzero` (nonzero inference parameters of the whole
+model, as params/nonzero counts them) into the exact sparsity of the targeted weights that reaches it.
+
+Sparsity is measured over the weights of the targeted layers (biases excluded) and counts every
+weight that is masked or exactly zero, like the accounting's params/nonzero does. Layers come from
+the model's interface (`prunable_layers`), by qualified name; nothing here knows Lightning.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.models.accounting import inference_tensors
 from ssmoe_cli.models.base import prunable_layers
 from ssmoe_cli.models.layers import Masked, masked_layers
 
@@ -82,6 +91,68 @@ def layer_table(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
+# -- budgets ----------------------------------------------------------------------------------------
+def allocate(total: int, sizes: Sequence[int], floors: Sequence[int]) -> list[int]:
+    """Split `total` into integer parts proportional to `sizes` that sum to exactly `total`, each part
+    at least its floor and at most its size (largest remainder; ties go to the earlier part). A
+    part whose proportional share is below its floor gets the floor and the rest is shared among
+    the others. Totals outside [sum(floors), sum(sizes)] are clipped to that range."""
+    total = min(max(total, sum(floors)), sum(sizes))
+    fixed: dict[int, int] = {}
+    while True:
+        free = [i for i in range(len(sizes)) if i not in fixed]
+        rest, room = total - sum(fixed.values()), sum(sizes[i] for i in free)
+        quota = {i: rest * sizes[i] / room if room else 0.0 for i in free}
+        low = [i for i in free if floors[i] >= quota[i]]
+        if not low:
+            break
+        fixed.update({i: floors[i] for i in low})
+    parts = {i: math.floor(q) for i, q in quota.items()}
+    by_remainder = sorted(quota, key=lambda i: (-(quota[i] - parts[i]), i))
+    for i in by_remainder[: total - sum(fixed.values()) - sum(parts.values())]:
+        parts[i] += 1
+    parts.update(fixed)
+    return [min(parts[i], sizes[i]) for i in range(len(sizes))]
+
+
+def fixed_nonzero(model: nn.Module, layers: Mapping[str, Masked]) -> int:
+    """Nonzero inference parameters outside the weights of `layers` (biases, untargeted layers,
+    float buffers): what a budget must leave room for. Untargeted masked weights count by their mask
+    (a zero-initialised weight, such as SGMoE's W_g before training, will not stay zero)."""
+    targeted = {id(layer.weight) for layer in layers.values()}
+    owners = {id(m.weight): m for m in masked_layers(model)}
+    count = 0
+    for t in inference_tensors(model):
+        if id(t) in targeted:
+            continue
+        owner = owners.get(id(t))
+        count += int(owner.mask.sum()) if owner is not None else int(torch.count_nonzero(t))
+    return count
+
+
+def budget_sparsity(model: nn.Module, targets: Iterable[str], target_nonzero: int) -> float:
+    """The sparsity of the targeted weights at which the model has exactly `target_nonzero` nonzero
+    inference parameters (params/nonzero). One-line SsmoeError when no sparsity reaches it."""
+    targets = check_targets(targets)
+    layers = target_layers(model, targets)
+    n = sum(layer.weight.numel() for layer in layers.values())
+    fixed = fixed_nonzero(model, layers)
+    keep = target_nonzero - fixed
+    available = sum(int(layer.mask.sum()) for layer in layers.values())
+    if keep < 0:
+        raise SsmoeError(
+            f"prune.target_nonzero={target_nonzero} is below the {fixed:,} nonzero parameters outside "
+            f"prune.targets={targets} (biases, buffers, untargeted layers): add roles to prune.targets "
+            "(e.g. gate) or raise prune.target_nonzero"
+        )
+    if keep > available:
+        raise SsmoeError(
+            f"prune.target_nonzero={target_nonzero} is above the {fixed + available:,} parameters this model "
+            "can keep (pruning never adds weights): lower prune.target_nonzero, or use prune=none"
+        )
+    return 1.0 - keep / n if n else 0.0
+
+
 # -- masks ------------------------------------------------------------------------------------------
 @torch.no_grad()
 def apply_masks(
@@ -129,20 +200,25 @@ def _prune_lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
 def lowest_saliency_masks(
     layers: Mapping[str, Masked], saliency: Mapping[str, torch.Tensor], target_sparsity: float, scope: str = "layer"
 ) -> dict[str, torch.Tensor]:
-    """Keep-masks pruning the lowest-saliency weights: round(target * n) of each layer's n weights
-    (scope "layer"), or round(target * N) of all N targeted weights together (scope "global").
+    """Keep-masks pruning exactly round(target * N) of the N weights of the layers together, the
+    lowest-saliency ones: each layer its share in proportion to its size (scope "layer", `allocate`;
+    within one weight of target * n for a layer of n weights), or one ranking of all (scope "global").
     Masked weights rank lowest, so they are part of the count."""
     check_scope(scope)
     scores = {
         name: torch.where(layers[name].mask, s.detach().float(), -math.inf).flatten() for name, s in saliency.items()
     }
+    total = round(target_sparsity * sum(s.numel() for s in scores.values()))
     if scope == "layer":
+        sizes = [s.numel() for s in scores.values()]
+        floors = [int((s == -math.inf).sum()) for s in scores.values()]
+        counts = allocate(total, sizes, floors)
         return {
-            name: _prune_lowest(s, round(target_sparsity * s.numel())).view_as(layers[name].mask)
-            for name, s in scores.items()
+            name: _prune_lowest(s, count).view_as(layers[name].mask)
+            for (name, s), count in zip(scores.items(), counts, strict=True)
         }
     flat = torch.cat(list(scores.values()))
-    keep = _prune_lowest(flat, round(target_sparsity * flat.numel()))
+    keep = _prune_lowest(flat, total)
     pieces = keep.split([s.numel() for s in scores.values()])
     return {name: piece.view_as(layers[name].mask) for name, piece in zip(scores, pieces, strict=True)}
 
@@ -155,10 +231,10 @@ def prune_to(
     optimizers: Iterable[torch.optim.Optimizer] = (),
 ) -> float:
     """Mask the lowest-saliency weights of the named layers (names as in target_layers) so that
-    exactly round(target * n) of their weights are pruned; returns the reached sparsity of those
-    layers: the target, unless a layer already had more masked weights than that, or more
-    unmasked weights that are exactly zero (they count as pruned; the weights are never 0 after
-    training in practice, but e.g. a zero-initialised gate is)."""
+    exactly round(target * N) of their N weights are pruned (see lowest_saliency_masks); returns
+    the reached sparsity of those layers: the target, unless the layers already had more masked
+    weights than that, or unmasked weights that are exactly zero (they count as pruned; the weights
+    are never 0 after training in practice, but e.g. a zero-initialised gate is)."""
     prunable = prunable_layers(model)
     layers = {name: prunable[name] for name in saliency_by_layer}
     apply_masks(layers, lowest_saliency_masks(layers, saliency_by_layer, target_sparsity, scope), optimizers)

@@ -8,7 +8,7 @@ Users type its keys flat under `prune` (prune.schedule=iterative prune.rounds=4 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ssmoe_cli.errors import SsmoeError
@@ -32,6 +32,10 @@ class Schedule:
       fast pruning first, while there are many redundant weights, slower towards the end.
     The last event must be followed by `min_retrain` epochs (steps) of training. Defaults are those
     of conf/prune/magnitude.yaml and obd.yaml.
+
+    `target_nonzero` (prune.target_nonzero), when set, is the budget instead of `target`: the count
+    of nonzero inference parameters of the whole model after the last round. Its sparsity s_f
+    depends on the model, so the pruning callback resolves it (`for_sparsity`) when it prunes.
     """
 
     kind: str = "iterative"  # prune.schedule
@@ -42,6 +46,7 @@ class Schedule:
     unit: str = "epoch"
     min_retrain: int = 2
     initial: float = 0.0  # prune.initial_sparsity: s_i of the gradual schedule
+    target_nonzero: int | None = None  # prune.target_nonzero: a budget; replaces target when set
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -59,6 +64,20 @@ class Schedule:
             )
         if self.min_retrain < 0:
             raise ValueError(f"prune.min_retrain={self.min_retrain} must be >= 0")
+        if self.target_nonzero is not None and (
+            isinstance(self.target_nonzero, bool) or not isinstance(self.target_nonzero, int) or self.target_nonzero < 1
+        ):
+            raise ValueError(f"prune.target_nonzero={self.target_nonzero!r} must be a whole number >= 1 (or null)")
+
+    def for_sparsity(self, target: float) -> Schedule:
+        """This schedule with final sparsity `target` (a budget resolved on a model). One-line
+        SsmoeError when the gradual schedule's initial sparsity is above it."""
+        if self.kind == "gradual" and self.initial > target:
+            raise SsmoeError(
+                f"prune.target_nonzero={self.target_nonzero} means sparsity {target:.4f} of the targeted weights, "
+                f"below prune.initial_sparsity={self.initial}: lower prune.initial_sparsity"
+            )
+        return replace(self, target=target)
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

@@ -5,6 +5,9 @@ that exist.
 Each targeted layer keeps exactly round(density * n) of its n weights (already-masked weights, e.g.
 route padding, are never revived and count as absent), drawn without replacement with random keys
 instead of independent Bernoulli draws, so the density is exact and reproducible from the seed.
+With `target_nonzero` (a budget of nonzero inference parameters for the whole model) the density is
+the one that reaches it, and the kept count is split over the layers in proportion to their size so
+that the model ends with exactly that many nonzero parameters (masks.budget_sparsity, allocate).
 
 mode=distance: in a mixture of experts the route weights (expert e's second layer reading a unit
 of source expert s) are drawn with weight w = exp(-d(e, s) / (distance_scale * mean distance)),
@@ -18,14 +21,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.models.base import Routing, routing_of
-from ssmoe_cli.prune.callback import PruneContext, PruningCallback
-from ssmoe_cli.prune.masks import DEFAULT_TARGETS, apply_masks, target_layers
+from ssmoe_cli.prune.callback import PruneContext, PruningCallback, network_of
+from ssmoe_cli.prune.masks import DEFAULT_TARGETS, allocate, apply_masks, budget_sparsity, target_layers
 
 MODES = ("uniform", "distance")
 
@@ -62,8 +66,10 @@ def random_masks(
     mode: str = "uniform",
     seed: int = 0,
     distance_scale: float = 0.5,
+    target_nonzero: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One random-graph realisation: a keep-mask per targeted layer with round(density * n) ones."""
+    """One random-graph realisation: a keep-mask per targeted layer with round(density * n) ones, or
+    (with `target_nonzero`) the counts that give the model exactly that many nonzero parameters."""
     if mode not in MODES:
         raise ValueError(f"prune.mode={mode!r}: choose uniform or distance")
     layers = target_layers(model, targets)
@@ -75,12 +81,19 @@ def random_masks(
             f"prune.targets={list(targets)}: use a mixture of experts with a topology other than isolated "
             "and 'route' in prune.targets, or prune.mode=uniform"
         )
+    sizes = [layer.weight.numel() for layer in layers.values()]
+    if target_nonzero is None:
+        keeps = [round(density * n) for n in sizes]
+    else:  # exact in total: prune counts allocated like scope=layer pruning, never reviving a masked weight
+        pruned = round(budget_sparsity(model, targets, target_nonzero) * sum(sizes))
+        floors = [int((~layer.mask).sum()) for layer in layers.values()]
+        keeps = [n - p for n, p in zip(sizes, allocate(pruned, sizes, floors), strict=True)]
     generator = torch.Generator().manual_seed(seed)
     masks = {}
-    for name, layer in layers.items():
+    for (name, layer), n_keep in zip(layers.items(), keeps, strict=True):
         distance = mode == "distance" and routing is not None and layer is route
         log_weight = route_log_weights(routing, distance_scale) if distance else None
-        masks[name] = draw_keep(layer.mask, round(density * layer.weight.numel()), generator, log_weight)
+        masks[name] = draw_keep(layer.mask, n_keep, generator, log_weight)
     return masks
 
 
@@ -94,8 +107,13 @@ class StochasticNet(PruningCallback):
         distance_scale: float = 0.5,
         seed: int = 0,
         targets: Sequence[str] | None = None,
+        target_nonzero: int | None = None,
     ) -> None:
         super().__init__(targets=targets)
+        if target_nonzero is not None and (
+            isinstance(target_nonzero, bool) or not isinstance(target_nonzero, int) or target_nonzero < 1
+        ):
+            raise ValueError(f"prune.target_nonzero={target_nonzero!r} must be a whole number >= 1 (or null)")
         if not 0.0 < density <= 1.0:
             raise ValueError(f"prune.density={density} must be in (0, 1]")
         if mode not in MODES:
@@ -103,6 +121,12 @@ class StochasticNet(PruningCallback):
         if distance_scale <= 0:
             raise ValueError(f"prune.distance_scale={distance_scale} must be > 0")
         self.density, self.mode, self.distance_scale, self.seed = density, mode, distance_scale, seed
+        self.target_nonzero = target_nonzero
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.target_nonzero is not None:  # an unreachable budget fails before anything is drawn
+            budget_sparsity(network_of(pl_module), self.targets, self.target_nonzero)
+        super().on_fit_start(trainer, pl_module)
 
     def start(self, model: nn.Module, context: PruneContext) -> None:
         self.draw(model, context.optimizers)
@@ -110,6 +134,8 @@ class StochasticNet(PruningCallback):
     def draw(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> float:
         """Install the seed's realisation; returns the reached sparsity over the targets. Drawing
         again gives the same graph (same keys, and the kept set is the top of its own keys)."""
-        masks = random_masks(model, self.density, self.targets, self.mode, self.seed, self.distance_scale)
+        masks = random_masks(
+            model, self.density, self.targets, self.mode, self.seed, self.distance_scale, self.target_nonzero
+        )
         apply_masks(target_layers(model, self.targets), masks, optimizers)
         return self.final_sparsity(model)
