@@ -113,6 +113,14 @@ def test_the_shipped_ptsne_moe_counts_its_centres_and_temperature():
     assert acc.params_total == every_param + 8 * 2 + 1 and acc.train_only == 0
 
 
+def test_a_dense_network_has_no_train_only_params_and_no_gate_share():
+    from ssmoe_cli.models.fcl import FCL
+
+    metrics = account(FCL(784, 10).eval()).metrics()
+    assert metrics[M.PARAMS_TRAIN_ONLY] == 0 and metrics[M.PARAMS_TOTAL] == 266_610
+    assert not {M.PARAMS_GATE_NONZERO, M.GATE_SHARE_NONZERO, M.GATE_SHARE_ACTIVE} & set(metrics)
+
+
 @pytest.mark.parametrize("name", ["noisy_topk", "softmax", "ptsne"])
 def test_every_gate_is_read_whole_its_active_params_are_its_nonzero_params(name):
     torch.manual_seed(0)
