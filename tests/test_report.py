@@ -73,6 +73,7 @@ def _make_store(root: Path, experiment: str = "ssmoe") -> str:
         if sparsity is not None:
             client.log_param(rid, "prune.target_sparsity", sparsity)
         metrics = {
+            "val/acc": acc,  # configurations are chosen on validation accuracy (report/selection.py)
             "test/acc": acc,
             "params/nonzero": nonzero,
             "params/active_per_sample": nonzero / 2,
@@ -202,7 +203,7 @@ def _synthetic(model: str, prune: str, accs: list[float], nonzero: float, **tags
             f"{model}-{prune}-{'-'.join(tags.values())}-{seed}",
             tags={"model": model, "prune": prune, **tags},
             params={"seed": str(seed)},
-            metrics={"test/acc": acc, "params/nonzero": nonzero},
+            metrics={"val/acc": acc, "test/acc": acc, "params/nonzero": nonzero},
         )
         for seed, acc in enumerate(accs)
     ]

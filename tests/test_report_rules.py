@@ -23,7 +23,7 @@ def run(rid: str, seed: int, tags: dict[str, str], params: dict[str, str], acc: 
         start_time=t,
         tags={"run_type": "train", **tags},
         params={"seed": str(seed), "model.seed": str(seed), "paths.output_dir": f"/out/{rid}", **params},
-        metrics={"test/acc": acc, "params/nonzero": 1000.0},
+        metrics={"val/acc": acc, "test/acc": acc, "params/nonzero": 1000.0},
     )
 
 
@@ -123,7 +123,7 @@ def test_roles_are_options_not_names_in_code():
             f"n{s}",
             tags={"model": "newmoe", **tags},
             params={"seed": str(s)},
-            metrics={"test/acc": a, "params/nonzero": 100.0},
+            metrics={"val/acc": a, "test/acc": a, "params/nonzero": 100.0},
         )
         for s, a in ((0, 0.895), (1, 0.90))
     ]
