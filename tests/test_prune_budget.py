@@ -88,6 +88,13 @@ def test_budget_sparsity_then_prune_is_exact_in_both_scopes(scope):
     s = budget_sparsity(model, ALL, budget)
     random_prune(model, s, ALL, torch.Generator().manual_seed(0), scope)
     assert nonzero_params(model) == budget
+    model = ptsne_moe()  # StochasticNet's draw, per layer or over all targeted weights at once
+    fit(model, StochasticNet(targets=ALL, target_nonzero=budget, seed=1, scope=scope), epochs=1)
+    assert nonzero_params(model) == budget
+    # Per layer every layer keeps its share (within one weight); one global draw gives no such guarantee.
+    layers = [layer for layer in target_layers(model, ["hidden", "output", "gate"]).values()]
+    shares_kept = [abs(int(layer.mask.sum()) - layer.weight.numel() * (1 - s)) < 1 for layer in layers]
+    assert all(shares_kept) == (scope == "layer")
 
 
 def test_unreachable_budgets_are_one_clear_error():
