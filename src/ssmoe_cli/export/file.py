@@ -143,6 +143,7 @@ class ExportFile:
     csr: dict[str, list[int]]
     preprocessing: Preprocessing | None
     tensors: dict[str, torch.Tensor]
+    train_only: list[str]  # layers left out as training-only (none in files written before the rule)
 
 
 def read_export(path: str | Path) -> ExportFile:
@@ -161,13 +162,16 @@ def read_export(path: str | Path) -> ExportFile:
         raise SsmoeError(f"{path} is not an ssmoe export (format {metadata.get('format')!r}, expected {FORMAT})")
     try:
         config, csr = json.loads(metadata["model_config"]), json.loads(metadata["csr"])
+        train_only = json.loads(metadata.get("train_only", "[]"))
     except (KeyError, ValueError) as exc:
         raise SsmoeError(f"{path}: damaged metadata ({exc})") from None
     if not (isinstance(csr, dict) and all(_shape(s) for s in csr.values())):
         raise SsmoeError(f"{path}: damaged metadata (csr)")
+    if not (isinstance(train_only, list) and all(isinstance(name, str) for name in train_only)):
+        raise SsmoeError(f"{path}: damaged metadata (train_only)")
     raw = metadata.get("preprocessing")
     preprocessing = Preprocessing.from_json(raw) if raw is not None else None
-    return ExportFile(config, csr, preprocessing, tensors)
+    return ExportFile(config, csr, preprocessing, tensors, train_only)
 
 
 def _first_error(exc: Exception) -> str:
