@@ -28,7 +28,7 @@ from ssmoe_cli.report.experts import MEASURES, compare
 from ssmoe_cli.report.intervals import Paired, paired_differences
 from ssmoe_cli.report.records import PARAM, Group, Key
 from ssmoe_cli.report.roles import Roles, size_phrase
-from ssmoe_cli.report.selection import SELECT_BY, WHY_VALIDATION, accuracies, best, fmt_acc, selectable
+from ssmoe_cli.report.selection import SELECT_BY, WHY_VALIDATION, best, fmt_acc, selectable
 from ssmoe_cli.report.verdicts import Claim, ci_text, paired_claim
 from ssmoe_cli.report.verdicts import Status as Status  # re-exported: build.py and frontier*.py import it here
 
@@ -148,7 +148,6 @@ def compression_vs_dense(groups: Sequence[Group], tolerance: float, roles: Roles
     assert ref_val is not None and ref_nz is not None
     floor = ref_val - tolerance / 100 - 1e-12  # the epsilon keeps an exact-boundary mean inside
     within = [g for g in measured if (g.mean(SELECT_BY) or 0.0) >= floor]
-    ref_text = f"dense {dense} ({accuracies(ref)})"
     if not within:
         top = best(measured)
         assert top is not None
@@ -163,9 +162,10 @@ def compression_vs_dense(groups: Sequence[Group], tolerance: float, roles: Roles
     assert nz is not None
     percent = 100.0 * (1.0 - nz / ref_nz)
     ratio = ref_nz / nz if nz > 0 else math.inf
+    val, test = (f"{fmt_acc(chosen.summary(m), m)} vs {fmt_acc(ref.summary(m), m)}" for m in (SELECT_BY, ACC))
     detail = (
-        f"{chosen.label}: {nz:,.0f} nonzero parameters vs {ref_nz:,.0f}; chosen within {points(tolerance)} "
-        f"on validation accuracy: {accuracies(chosen)} vs {ref_text}"
+        f"{chosen.label}: {nz:,.0f} nonzero parameters vs {ref_nz:,.0f}; chosen on validation accuracy, within "
+        f"{points(tolerance)} of the dense {dense}: {val}; test accuracy (reported, not used to choose): {test}"
     )
     single = [g.label for g in (ref, chosen) if g.summary(SELECT_BY).n < 2]
     if single:  # the rule compares means; say when one of them has no spread to judge it by

@@ -49,10 +49,3 @@ def fmt_acc(summary: Summary, metric: str = SELECT_BY) -> str:
         return f"no {metric}"
     spread = f" ± {100 * summary.std:.2f}" if summary.std is not None else " (1 seed)"
     return f"{100 * summary.mean:.2f}%{spread}"
-
-
-def accuracies(group: Group) -> str:
-    """What was chosen on and what is reported: `validation 88.40% ± 0.10, test 88.19% ± 0.14`."""
-    return (
-        f"validation {fmt_acc(group.summary(SELECT_BY), SELECT_BY)}, test {fmt_acc(group.summary(REPORTED), REPORTED)}"
-    )
