@@ -17,6 +17,7 @@ from ssmoe_cli.report.claims import (
     compression_vs_dense,
     versus,
 )
+from ssmoe_cli.report.frontier_ratios import Ratio, Tradeoff, interval_text, ratio_text, tradeoff
 from ssmoe_cli.report.records import BASE_KEYS, PARAM, Group, Key, RunRecord, group_runs, short_names
 from ssmoe_cli.report.roles import Roles, size_phrase
 
@@ -38,6 +39,7 @@ class Report:
     metrics: list[M.Metric]  # the columns: metrics.REPORT logged by at least one run
     findings: list[Findings]
     tolerance: float
+    tradeoffs: list[Tradeoff] = field(default_factory=list)  # per context, those with a series of >= 2 budgets
     roles: Roles = field(default_factory=Roles)
     excluded: list[RunRecord] = field(default_factory=list)  # train runs not FINISHED
     show_excluded: bool = False  # --include-failed: list them
@@ -82,6 +84,29 @@ def sentence(compression: CompressionBlank, other: VersusBlank, roles: Roles = R
     )
 
 
+def _iso_text(r: Ratio | None) -> str:
+    if r is None or r.low is None or r.high is None:
+        return "?"
+    if r.value is None:
+        return f"{ratio_text(r.low, r.high)} (only bounded)" if r.low > 0 else "?"
+    return f"{r.value:.2f}x (95% CI {interval_text(r.interval)[1:-1]})" if r.interval else f"{r.value:.2f}x"
+
+
+def iso_sentence(t: Tradeoff, roles: Roles = Roles()) -> str:
+    """The abstract's sentence from the iso-accuracy ratios on nonzero parameters, naming its reference."""
+    d, b = roles.dense.model, t.ratio("pruned")
+    ref = t.reference.summary().mean if t.reference is not None else None
+    acc = "?" if ref is None else f"{100 * ref:.2f}%"
+    best = f", {b.other.label}" if b is not None and b.other is not None else ""
+    return (
+        f"This model ({roles.proposed}) achieves a compression ratio of {_iso_text(t.ratio('dense'))} over the dense "
+        f"{d} network and a {_iso_text(t.ratio('versus'))} improvement over {roles.versus} networks while achieving "
+        f"similar performance metrics (iso-accuracy on nonzero parameters: the fewest at which validation accuracy "
+        f"stays within {t.tolerance:g} points of the dense {d}'s {acc}; against the best pruned {d}{best}: "
+        f"{_iso_text(b)})."
+    )
+
+
 def context_keys(keys: Sequence[str]) -> list[str]:
     """Shown keys that are not about the network (data, training settings, user keys): blanks per value."""
     return [
@@ -92,15 +117,20 @@ def context_keys(keys: Sequence[str]) -> list[str]:
     ]
 
 
+def contexts(groups: Sequence[Group], keys: Sequence[str]) -> dict[Key, list[Group]]:
+    """The groups per context: each value of the context keys (networks are compared within one)."""
+    ckeys = context_keys(keys)
+    out: dict[Key, list[Group]] = {}
+    for g in groups:
+        out.setdefault(tuple((k, g.value(k)) for k in ckeys), []).append(g)
+    return out
+
+
 def analyse(groups: Sequence[Group], keys: Sequence[str], tolerance: float, roles: Roles = Roles()) -> list[Findings]:
     """The two blanks, the sentence and the claims, once per context (e.g. per data set)."""
-    ckeys = context_keys(keys)
     names = short_names(keys)
-    contexts: dict[Key, list[Group]] = {}
-    for g in groups:
-        contexts.setdefault(tuple((k, g.value(k)) for k in ckeys), []).append(g)
     findings = []
-    for ctx, members in contexts.items():
+    for ctx, members in contexts(groups, keys).items():
         blank1 = compression_vs_dense(members, tolerance, roles)
         blank2 = versus(members, keys, prefer=blank1.chosen, roles=roles)
         claims = [blank1.claim]
@@ -175,5 +205,12 @@ def build_report(
         excluded=list(excluded),
         show_excluded=show_excluded,
     )
+    for ctx, members in contexts(groups, keys).items():
+        t = tradeoff(members, keys, tolerance, roles, context=ctx)
+        if t.applies:  # budgets were swept: the curves fill the sentence (iso-accuracy, not one operating point)
+            report.tradeoffs.append(t)
+            for f in report.findings:
+                if f.context == ctx:
+                    f.sentence = iso_sentence(t, roles)
     report.notes = _notes(report, runs, extra_keys)
     return report

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ssmoe_cli.metrics import RATIO_VS_FCL, TEST_ACC
+from ssmoe_cli.report import frontier_text as ft
 from ssmoe_cli.report.build import Report
 from ssmoe_cli.report.cells import (
     body,
@@ -29,6 +30,7 @@ from ssmoe_cli.report.cells import (
     num,
 )
 from ssmoe_cli.report.claims import Findings
+from ssmoe_cli.report.frontier_ratios import Tradeoff
 from ssmoe_cli.report.intervals import Summary
 
 FORMATS = ("rich", "markdown", "csv", "json", "html")
@@ -100,6 +102,7 @@ def to_json(report: Report, base: Path | None = None) -> str:
             for s in report.set_aside
         ],
         "findings": [findings_json(f) for f in report.findings],
+        "tradeoffs": [ft.tradeoff_json(t) for t in report.tradeoffs],
         "excluded_runs": excluded_rows(report.excluded) if report.show_excluded else None,
         "notes": report.notes,
         "plots": report.plots,
@@ -156,6 +159,8 @@ def to_markdown(report: Report, base: Path | None = None) -> str:
         if f.versus.matches:
             title = f"### {report.roles.proposed} vs {report.roles.versus} at matched sparsity"
             parts += [title, "", _md_table(match_header(report), match_rows(f)), "", match_caption(report), ""]
+    for t in report.tradeoffs:
+        parts += _md_tradeoff(t, report.names)
     if report.show_excluded and report.excluded:
         rows = [list(r.values()) for r in excluded_rows(report.excluded)]
         parts += ["## Runs not FINISHED (left out)", "", _md_table(EXCLUDED_HEADER, rows), ""]
@@ -166,6 +171,41 @@ def to_markdown(report: Report, base: Path | None = None) -> str:
         parts += [f"![{Path(p).stem}]({_relative(p, base)})" for p in report.plots]
         parts.append("")
     return "\n".join(parts)
+
+
+def _md_tradeoff(t: Tradeoff, names: dict[str, str]) -> list[str]:
+    parts = [f"## Trade-off curves ({ft.context_label(t, names)})", "", ft.intro(t), ""]
+    parts += ["### Series", "", "Accuracy: mean [95% CI] over seeds, in percent.", ""]
+    parts += [_md_table(ft.series_header(t), ft.series_rows(t)), ""]
+    parts += ["### Pareto frontier (on validation accuracy)", "", _md_table(["x", "frontier"], ft.frontier_rows(t)), ""]
+    parts += ["### Iso-accuracy ratios", "", _md_table(ft.RATIO_HEADER, ft.ratio_rows(t)), ""]
+    parts += [f"- **{r.status}** — {r.claim}: {r.reason}" for r in t.ratios]
+    parts.append("")
+    if t.headlines:
+        rows = ft.headline_rows(t)
+        parts += ["### Matched budgets", "", _md_table(["", *ft.MATCH_HEADER], rows), "", ft.headline_caption(), ""]
+    if t.matched:
+        parts += ["All matched budgets:", "", _md_table(ft.MATCH_HEADER, [ft.match_row(m) for m in t.matched]), ""]
+    return parts
+
+
+def _html_tradeoff(t: Tradeoff, names: dict[str, str]) -> list[str]:
+    e = html.escape
+    parts = [f"<h2>Trade-off curves ({e(ft.context_label(t, names))})</h2>", f"<p>{e(ft.intro(t))}</p>"]
+    parts.append(_html_table(ft.series_header(t), ft.series_rows(t), "accuracy: mean [95% CI] over seeds, percent"))
+    parts += ["<h3>Pareto frontier (on validation accuracy)</h3>", _html_table(["x", "frontier"], ft.frontier_rows(t))]
+    parts += ["<h3>Iso-accuracy ratios</h3>", _html_table(ft.RATIO_HEADER, ft.ratio_rows(t)), "<ul>"]
+    parts += [
+        f'<li class="{r.status.replace(" ", "-")}"><b>{e(r.status)}</b> — {e(r.claim)}: {e(r.reason)}</li>'
+        for r in t.ratios
+    ]
+    parts.append("</ul>")
+    if t.headlines:
+        head = ["", *ft.MATCH_HEADER]
+        parts += ["<h3>Matched budgets</h3>", _html_table(head, ft.headline_rows(t), ft.headline_caption())]
+    if t.matched:
+        parts.append(_html_table(ft.MATCH_HEADER, [ft.match_row(m) for m in t.matched], "all matched budgets"))
+    return parts
 
 
 def _html_table(head: list[str], rows: list[list[str]], caption: str = "") -> str:
@@ -207,6 +247,8 @@ def to_html(report: Report, base: Path | None = None) -> str:
         if f.versus.matches:
             title = f"{report.roles.proposed} vs {report.roles.versus} at matched sparsity"
             parts += [f"<h3>{e(title)}</h3>", _html_table(match_header(report), match_rows(f), match_caption(report))]
+    for t in report.tradeoffs:
+        parts += _html_tradeoff(t, report.names)
     if report.show_excluded and report.excluded:
         rows = [list(r.values()) for r in excluded_rows(report.excluded)]
         parts += ["<h2>Runs not FINISHED (left out)</h2>", _html_table(EXCLUDED_HEADER, rows)]

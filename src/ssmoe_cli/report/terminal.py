@@ -83,6 +83,8 @@ def print_rich(report: Report, console: Any, intervals: bool = False) -> None:
             _tables(report, console, interval, "95% confidence intervals")
         more = "" if intervals else "; 95% confidence intervals: --intervals"
         console.print(Text(f"{_legend(report)}{more}", style="dim"))
+    from ssmoe_cli.report.frontier_text import print_tradeoff
+
     r = report.roles
     for f in report.findings:
         if f.versus.matches:
@@ -105,6 +107,8 @@ def print_rich(report: Report, console: Any, intervals: bool = False) -> None:
             line.append(f"{c.status}", style=f"bold {STATUS_STYLE[c.status]}")
             line.append(f" — {c.claim}: {c.reason}")
             console.print(line)
+    for t in report.tradeoffs:
+        print_tradeoff(t, console, report.names)
     if report.show_excluded and report.excluded:
         table = Table(title="training runs not FINISHED (left out of the statistics)")
         rows = excluded_rows(report.excluded)

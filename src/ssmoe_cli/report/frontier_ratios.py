@@ -1,0 +1,322 @@
+"""Iso-accuracy ratios with bootstrap intervals and verdicts, and the whole trade-off analysis of one context.
+
+The accuracy level is A = the dense reference's mean val/acc - tolerance (points). For each of
+params/nonzero and params/active_per_sample, three ratios (report/frontier_iso.py has the budgets):
+
+- (a) vs the dense model: the dense reference's x / the iso budget of the proposed model's best series;
+- (b) vs the best pruned dense model (the fair baseline): the smallest iso budget among the dense
+  model's series / the proposed model's smallest;
+- (c) vs the compared model (--versus): its smallest iso budget / the proposed model's smallest.
+
+"Best" is the smallest iso budget on validation accuracy. The interval is a percentile bootstrap over
+seeds (B = 2000, fixed RNG seed): the seeds of every configuration (and of the reference) are
+resampled independently, then A, every iso budget, both minima and the ratio are computed again, so
+the choice of the best series is part of what is resampled. Verdict: supported when the interval's
+lower end is above 1; not supported when it reaches 1 or below; not measurable when a budget of the
+point estimate is not reached or only bounded, or when a configuration involved has fewer than 2 seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ssmoe_cli.metrics import PARAMS_ACTIVE, PARAMS_NONZERO, TEST_ACC
+from ssmoe_cli.report.claims import Status, points
+from ssmoe_cli.report.frontier import (
+    SELECT,
+    X_METRICS,
+    Matched,
+    Point,
+    Reference,
+    Series,
+    build_series,
+    dense_reference,
+    headline_match,
+    matched_budgets,
+    pareto,
+    unpruned_role,
+)
+from ssmoe_cli.report.frontier_iso import (
+    BOOTSTRAP_SEED,
+    EPS,
+    REPLICATES,
+    Interval,
+    Iso,
+    iso_arrays,
+    iso_budget,
+    percentile_interval,
+    ratio_bounds,
+    resample_means,
+)
+from ssmoe_cli.report.intervals import Summary
+from ssmoe_cli.report.records import Group, Key
+from ssmoe_cli.report.roles import Roles
+
+RATIO_X = (PARAMS_NONZERO, PARAMS_ACTIVE)
+NOUN = {PARAMS_NONZERO: "nonzero parameters", PARAMS_ACTIVE: "active parameters per sample"}
+
+
+@dataclass
+class Side:
+    """One side of a ratio: the chosen series (None for the dense reference) and its own iso budget."""
+
+    label: str
+    iso: Iso
+    series: Series | None = None
+    test: str = ""  # test accuracy where the selection landed (reported, never used to choose)
+
+
+def test_text(s: Summary) -> str:
+    if s.mean is None:
+        return ""
+    ci = f" [{100 * s.ci_low:.2f}, {100 * s.ci_high:.2f}]" if s.ci_low is not None and s.ci_high is not None else ""
+    return f"{100 * s.mean:.2f}%{ci}"
+
+
+@dataclass
+class Ratio:
+    """One iso-accuracy ratio: reference budget / the proposed model's, with its interval and verdict."""
+
+    kind: str  # dense | pruned | versus
+    against: str  # in words: "the dense fcl", "the best pruned fcl", "sgmoe"
+    x: str
+    status: Status
+    reason: str
+    proposed: Side | None = None
+    other: Side | None = None
+    low: float | None = None  # the point estimate; low == high when both budgets are reached
+    high: float | None = None
+    interval: Interval | None = None
+    fractions: dict[str, float] = field(default_factory=dict)  # "<side> not reached|bounded" -> share of replicates
+
+    @property
+    def value(self) -> float | None:
+        return self.low if self.low is not None and self.low == self.high else None
+
+    @property
+    def claim(self) -> str:
+        return f"iso-accuracy ratio vs {self.against} on {NOUN[self.x]}"
+
+
+@dataclass
+class Tradeoff:
+    """The trade-off curves of one context: series, reference, frontier, ratios, matched budgets."""
+
+    context: Key
+    series: list[Series]
+    tolerance: float
+    reference: Reference | None = None
+    level: float | None = None  # A, the accuracy level (fraction)
+    frontier: dict[str, list[Point]] = field(default_factory=dict)  # x metric -> Pareto points (on val/acc)
+    ratios: list[Ratio] = field(default_factory=list)
+    matched: list[Matched] = field(default_factory=list)
+    headlines: list[tuple[str, Matched]] = field(default_factory=list)
+
+    @property
+    def applies(self) -> bool:
+        """Shown only when a series has two budgets or more."""
+        return any(s.is_curve for s in self.series)
+
+    def ratio(self, kind: str, x: str = PARAMS_NONZERO) -> Ratio | None:
+        return next((r for r in self.ratios if r.kind == kind and r.x == x), None)
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def ratio_text(low: float, high: float) -> str:
+    if low == high:
+        return f"{low:.2f}x"
+    if math.isinf(high):
+        return f">= {low:.2f}x" if low > 0 else "unknown"
+    return f"<= {high:.2f}x" if low == 0 else f"{low:.2f}-{high:.2f}x"
+
+
+def interval_text(i: Interval) -> str:
+    hi = "inf" if math.isinf(i.high) else f"{i.high:.2f}"
+    return f"[{i.low:.2f}, {hi}]"
+
+
+class _Engine:
+    """Iso budgets of the candidate series, on the observed means and on every bootstrap replicate."""
+
+    def __init__(self, ref: Reference, cands: Sequence[Series], tolerance: float, replicates: int, seed: int):
+        unique = {id(p.group): p.group for s in cands for p in s.points}  # Group is unhashable (a mutable dataclass)
+        groups = [g for g in unique.values() if g.values(SELECT)]
+        boot = resample_means([list(ref.val.values())] + [g.values(SELECT) for g in groups], replicates, seed)
+        self.rows = {id(g): boot[i + 1] for i, g in enumerate(groups)}
+        ref_mean = ref.summary().mean
+        assert ref_mean is not None
+        self.level = ref_mean - tolerance / 100 - EPS
+        self.levels = boot[0] - tolerance / 100 - EPS
+
+    def iso(self, s: Series, x: str) -> tuple[Iso, tuple] | None:
+        """(iso budget on the observed means, (low, high) in every replicate); None below 2 points."""
+        import numpy as np
+
+        curve = s.curve(x)
+        if len(curve) < 2:
+            return None
+        xs = [p.x(x) or 0.0 for p in curve]
+        iso = iso_budget([(xv, p.group.mean(SELECT) or 0.0) for xv, p in zip(xs, curve, strict=True)], self.level)
+        means = np.stack([self.rows[id(p.group)] for p in curve], axis=1)
+        return iso, iso_arrays(xs, means, self.levels)
+
+
+@dataclass
+class _Best:
+    side: Side
+    low: float  # the minimum over the series, as an interval (frontier_iso's module doc)
+    high: float
+    reps: tuple  # (low, high) arrays of the minimum in every replicate
+
+
+def _best(engine: _Engine, series: Sequence[Series], x: str) -> _Best | None:
+    """The smallest iso budget among the series. When a series' bound leaves it open whether it beats
+    the chosen one, the side named is that series (it is what a smaller budget must be measured for)."""
+    import numpy as np
+
+    found = [(s, *r) for s in series if (r := engine.iso(s, x)) is not None]
+    if not found:
+        return None
+    low, high = min(f[1].low for f in found), min(f[1].high for f in found)
+    s, iso, _ = min(found, key=lambda f: (f[1].high, f[1].low))
+    if low != high:  # not a single value: name the series whose bound or miss makes it so
+        s, iso, _ = next(f for f in found if f[1].low == low and f[1].state != "reached")
+    curve = s.curve(x)
+    at = curve[iso.index] if iso.index is not None else None
+    test = f"at {_count(at.x(x) or 0.0)}: {test_text(at.summary(TEST_ACC))}" if at is not None else ""
+    reps = (np.min([f[2][0] for f in found], axis=0), np.min([f[2][1] for f in found], axis=0))
+    return _Best(Side(s.label, iso, s, test), low, high, reps)
+
+
+def _fractions(name: str, reps: tuple) -> dict[str, float]:
+    import numpy as np
+
+    low, high = reps
+    return {f"{name} not reached": float(np.mean(np.isinf(high))), f"{name} only bounded": float(np.mean(low == 0))}
+
+
+def _few_seeds(ref: Reference, sides: Sequence[Side], x: str) -> list[str]:
+    few = [p.group.label for d in sides if d.series for p in d.series.curve(x) if len(p.group.values(SELECT)) < 2]
+    return (["the dense reference"] if len(ref.val) < 2 else []) + few
+
+
+_WHY = {
+    "bounded": ("stays within tolerance down to its smallest budget", "smaller"),
+    "not reached": ("is below the level even at its largest budget", "larger"),
+}
+
+
+def _ratio(
+    kind: str,
+    against: str,
+    x: str,
+    engine: _Engine,
+    ref: Reference,
+    mine: Sequence[Series],
+    theirs: Sequence[Series] | None,
+    base: str,
+) -> Ratio:
+    """One ratio (module doc); `theirs` None: against the dense reference's own x."""
+    noun, model = NOUN[x], mine[0].model if mine else "proposed"
+    p = _best(engine, mine, x)
+    if p is None:
+        return Ratio(
+            kind, against, x, "not measurable", f"no {model} series with 2 budgets or more has {x} and {SELECT}"
+        )
+    if theirs is None:
+        ref_x = ref.x(x)
+        if not ref_x:
+            return Ratio(kind, against, x, "not measurable", f"{against} lacks {x}")
+        side = Side(against, Iso("reached", ref_x), None, test_text(ref.summary(TEST_ACC)))
+        o = _Best(side, ref_x, ref_x, (ref_x, ref_x))
+    elif (found := _best(engine, theirs, x)) is None:
+        return Ratio(kind, against, x, "not measurable", f"no series of {against} with 2 budgets or more has {x}")
+    else:
+        o = found
+    low, high = (float(v) for v in ratio_bounds((o.low, o.high), (p.low, p.high)))
+    interval = percentile_interval(*ratio_bounds(o.reps, p.reps))
+    fractions = _fractions(p.side.label, p.reps) | (_fractions(o.side.label, o.reps) if theirs is not None else {})
+    r = Ratio(kind, against, x, "not measurable", "", p.side, o.side, low, high, interval, fractions)
+    if low != high:
+        d = p.side if p.low != p.high else o.side
+        why, more = _WHY[d.iso.state]
+        r.reason = (
+            f"{base}, on {noun}: {d.label} {why} ({_count(d.iso.value)}), so the ratio is only known as "
+            f"{ratio_text(low, high)}: measure {more} budgets"
+        )
+        return r
+    shares = "; ".join(f"{k} in {100 * v:.1f}%" for k, v in fractions.items() if v > 0)
+    boot = f"bootstrap over seeds, B={interval.replicates}" + (f"; {shares} of replicates" if shares else "")
+    text = (
+        f"{base}, on {noun}: {p.side.label} needs {_count(p.low)} vs {o.side.label} {_count(o.low)}: "
+        f"{ratio_text(low, high)} {interval_text(interval)} ({boot})"
+    )
+    tests = [f"{d.label} {d.test}" for d in (p.side, o.side) if d.test]
+    if tests:
+        text += f"; test accuracy at the chosen budgets: {', '.join(tests)}"
+    few = _few_seeds(ref, (p.side, o.side), x)
+    if few:
+        r.reason = f"{text}; fewer than 2 seeds: {', '.join(few)}"
+    elif interval.low > 1:
+        r.status, r.reason = "supported", f"{text}; the interval is above 1"
+    else:
+        r.status = "not supported"
+        r.reason = f"{text}; the interval {'includes 1' if interval.high >= 1 else 'is below 1'}"
+    return r
+
+
+def tradeoff(
+    groups: Sequence[Group],
+    keys: Sequence[str],
+    tolerance: float,
+    roles: Roles = Roles(),
+    context: Key = (),
+    replicates: int = REPLICATES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Tradeoff:
+    """Series, dense reference, Pareto frontier per x metric, the iso-accuracy ratios and matched budgets."""
+    series = build_series(groups, keys)
+    out = Tradeoff(context, series, tolerance, frontier={x: pareto(series, x) for x in X_METRICS})
+    out.matched = matched_budgets(series, keys, roles)
+    if not out.applies:
+        return out
+    ref = out.reference = dense_reference(groups, roles)
+    dense = unpruned_role(roles)
+    curves = [s for s in series if s.is_curve]
+    mine = [s for s in curves if s.plays(roles.proposed)]
+    fcl = [s for s in curves if s.plays(dense) and not s.plays(roles.proposed)]
+    vs = [s for s in curves if s.plays(roles.versus) and not s.plays(roles.proposed)]
+    if ref is None or ref.summary().mean is None:
+        why = f"no dense {roles.dense.model} configuration with {SELECT} ({dense.describe()}, unpruned)"
+        out.ratios = [Ratio(k, a, x, "not measurable", why) for x in RATIO_X for k, a in _kinds(roles)]
+        return out
+    ref_acc = ref.summary().mean or 0.0
+    base = (
+        f"iso-accuracy on validation accuracy within {points(tolerance)} of the dense {roles.dense.model}'s "
+        f"{100 * ref_acc:.2f}%"
+    )
+    engine = _Engine(ref, [*mine, *fcl, *vs], tolerance, replicates, seed)
+    out.level = engine.level + EPS
+    for x in RATIO_X:
+        (ka, aa), (kb, ab), (kc, ac) = _kinds(roles)
+        out.ratios += [
+            _ratio(ka, aa, x, engine, ref, mine, None, base),
+            _ratio(kb, ab, x, engine, ref, mine, fcl, base),
+            _ratio(kc, ac, x, engine, ref, mine, vs, base),
+        ]
+    a = out.ratio("dense")
+    chosen = a.proposed.series if a is not None and a.proposed is not None else None
+    for name, role in ((f"pruned {roles.dense.model}", dense), (str(roles.versus), roles.versus)):
+        if (m := headline_match(out.matched, chosen, role, out.level)) is not None:
+            out.headlines.append((name, m))
+    return out
+
+
+def _kinds(roles: Roles) -> list[tuple[str, str]]:
+    d = roles.dense.model
+    return [("dense", f"the dense {d}"), ("pruned", f"the best pruned {d}"), ("versus", str(roles.versus))]
