@@ -246,3 +246,17 @@ def test_text_markdown_and_json_carry_the_section_and_the_sentence_names_its_ref
     assert ratio["proposed"]["iso_state"] == "reached" and t["reference"]["val_acc"]["n"] == 3
     assert t["pareto_on_val_acc"]["params/nonzero"][0] == "ptsne_moe / obd / target_nonzero=8332"
     assert {h["against"] for h in t["headlines"]} == {"pruned fcl", "sgmoe"}
+
+
+def test_one_plot_per_cost_is_written_beside_the_report_plots(tmp_path):
+    from ssmoe_cli.report.publish import claim_metrics, make_plots
+
+    report, _ = analyse(frontier_runs())
+    paths = make_plots(report, None, tmp_path)  # no gating maps to fetch: no MLflow client needed
+    names = ["tradeoff_nonzero.png", "tradeoff_active.png", "tradeoff_flops.png", "tradeoff_latency_b1.png"]
+    assert [p.name for p in paths] == ["accuracy_vs_nonzero.png", *names]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+    metrics = claim_metrics(report)
+    assert metrics["claims/iso_nonzero_vs_fcl"] == pytest.approx(report.tradeoffs[0].ratio("dense").value)
+    assert metrics["claims/iso_active_vs_pruned_fcl_ci95_low"] > 1 and "claims/iso_nonzero_vs_sgmoe" in metrics

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ssmoe_cli.metrics import LOAD, PARAMS_NONZERO, TEST_ACC
 from ssmoe_cli.plots import pyplot
+from ssmoe_cli.report.frontier import pareto_front
 from ssmoe_cli.report.records import Group
 
 _PALETTE = ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink")
@@ -24,7 +25,7 @@ def colours(groups: Sequence[Group]) -> dict[str, str]:
     return out
 
 
-def _human(value: float, _pos: object = None) -> str:
+def human_count(value: float, _pos: object = None) -> str:
     """Tick label of a parameter count on a log axis: 1-2-5 steps only, as 20k, 500k, 1.2M."""
     if value <= 0:
         return ""
@@ -35,17 +36,6 @@ def _human(value: float, _pos: object = None) -> str:
         if value >= div:
             return f"{value / div:g}{unit}"
     return f"{value:g}"
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (params, accuracy) points no other point beats: fewer-or-equal params and higher-or-equal
-    accuracy, strictly better in one. Sorted by params."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any((xo <= x and yo >= y) and (xo < x or yo > y) for j, (xo, yo) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
 
 
 def accuracy_vs_params(groups: Sequence[Group], path: Path) -> Path | None:
@@ -82,8 +72,8 @@ def accuracy_vs_params(groups: Sequence[Group], path: Path) -> Path | None:
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
-    ax.xaxis.set_major_formatter(FuncFormatter(_human))
-    ax.xaxis.set_minor_formatter(FuncFormatter(_human))
+    ax.xaxis.set_major_formatter(FuncFormatter(human_count))
+    ax.xaxis.set_minor_formatter(FuncFormatter(human_count))
     ax.set_xlabel("nonzero parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs nonzero parameters (mean ± std over seeds)")

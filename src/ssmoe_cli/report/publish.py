@@ -35,6 +35,7 @@ def make_plots(report: Report, client: Any, plots_dir: Path) -> list[Path]:
             report.notes.append(f"plot {name} skipped: no configuration has its metrics")
         else:
             written.append(path)
+    written += _tradeoff_plots(report, plots_dir)
     for g in report.groups:
         if not any(g.summary(m).n for m in _MAP_METRICS):
             continue  # no gate with a map: no gating-map artifact to look for
@@ -44,6 +45,22 @@ def make_plots(report: Report, client: Any, plots_dir: Path) -> list[Path]:
             report.notes.append(f"no {GATING_MAP} artifact in run {run.run_id} ({g.label})")
         else:
             written.append(dest)
+    return written
+
+
+def _tradeoff_plots(report: Report, plots_dir: Path) -> list[Path]:
+    """The trade-off figures of each context with budget sweeps (a context's slug in the name when several)."""
+    from ssmoe_cli.report.frontier_plots import tradeoff_plots
+    from ssmoe_cli.report.frontier_text import context_label
+
+    written: list[Path] = []
+    for t in report.tradeoffs:
+        label = context_label(t, report.names)
+        several = len(report.tradeoffs) > 1
+        try:
+            written += tradeoff_plots(t, plots_dir, "_" + slug(label) if several else "", label if several else "")
+        except Exception as exc:  # a plot that fails must not cost the tables
+            report.notes.append(f"trade-off plots ({label}) failed: {type(exc).__name__}: {exc}")
     return written
 
 
@@ -73,6 +90,27 @@ def claim_metrics(report: Report) -> dict[str, float]:
                 }
             )
         out.update({prefix + slug(k): v for k, v in values.items() if v is not None})
+    for t in report.tradeoffs:
+        out.update(_iso_metrics(t, report))
+    return out
+
+
+def _iso_metrics(t: Any, report: Report) -> dict[str, float]:
+    """The iso-accuracy ratios as metrics: claims/iso_{nonzero,active}_vs_{fcl,pruned_fcl,sgmoe}[_ci95_low|high]
+    with the default roles."""
+    from ssmoe_cli.report.frontier_text import context_label
+
+    prefix = "claims/" + (slug(context_label(t, report.names)) + "/" if len(report.tradeoffs) > 1 else "")
+    d, v = report.roles.dense.model, report.roles.versus.model
+    against = {"dense": d, "pruned": f"pruned_{d}", "versus": v}
+    out: dict[str, float] = {}
+    for r in t.ratios:
+        name = f"{prefix}iso_{'nonzero' if r.x == M.PARAMS_NONZERO else 'active'}_vs_{slug(against[r.kind])}"
+        if r.value is not None and r.interval is not None:
+            out[name] = r.value
+            out[f"{name}_ci95_low"] = r.interval.low
+            if r.interval.high < float("inf"):
+                out[f"{name}_ci95_high"] = r.interval.high
     return out
 
 
