@@ -3,14 +3,20 @@
 Hand-made RunRecords through the report's pure functions (report/claims.py): where validation and
 test accuracy disagree the choice follows validation and the test accuracy shown is the chosen
 configuration's; runs without val/acc are "not measurable", never chosen on test/acc; the expert
-claims' paired intervals are checked against values computed by hand.
+claims' paired intervals are checked against values computed by hand. One case goes through the
+real CLI: runs logged to an MLflow store, read back by `ssmoe report --format json`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from conftest import cli_env
 
 from ssmoe_cli.report.claims import compression_vs_dense, headline_claims, versus
 from ssmoe_cli.report.records import Group, RunRecord, group_runs
@@ -76,6 +82,29 @@ def test_validation_chooses_where_test_would_choose_otherwise():
         "; chosen on validation accuracy, within 1 point of the dense fcl: 89.50% ± 0.00 vs 90.00% ± 0.00; "
         "test accuracy (reported, not used to choose): 85.00% ± 1.00 vs 90.00% ± 0.00"
     )
+
+
+def test_cli_reads_val_acc_from_mlflow_and_chooses_on_it(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("sel", artifact_location=str(tmp_path / "mlruns"))
+    for run in DISAGREE:
+        rid = client.create_run(exp, tags={"run_type": "train", **run.tags}, start_time=run.start_time).info.run_id
+        for key, value in run.params.items():
+            client.log_param(rid, key, value)
+        for key, value in run.metrics.items():
+            client.log_metric(rid, key, value)
+        client.set_terminated(rid, "FINISHED")
+    args = [sys.executable, "-m", "ssmoe_cli", "report", "-e", "sel", "--format", "json"]
+    proc = subprocess.run(args, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (found,) = json.loads(proc.stdout)["findings"]
+    blank = found["compression_vs_dense"]
+    assert blank["chosen"] == CHOSEN and blank["within_tolerance"] == [CHOSEN]
+    assert blank["chosen_acc"]["mean"] == pytest.approx(0.85)  # its test accuracy, reported
+    (claim,) = [c for c in found["claims"] if c["claim"] == "compression vs dense fcl"]
+    assert claim["status"] == "supported" and "test accuracy (reported, not used to choose): 85.00%" in claim["reason"]
 
 
 def test_best_named_and_headline_pair_chosen_on_validation():
