@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ssmoe_cli.report.build import build_report
+from ssmoe_cli.report.frontier_analysis import tradeoff
 from ssmoe_cli.report.frontier_iso import (
     iso_arrays,
     iso_budget,
@@ -17,7 +18,6 @@ from ssmoe_cli.report.frontier_iso import (
     ratio_bounds,
     resample_means,
 )
-from ssmoe_cli.report.frontier_ratios import tradeoff
 from ssmoe_cli.report.records import RunRecord
 from ssmoe_cli.report.roles import Role, Roles
 

@@ -17,7 +17,8 @@ from ssmoe_cli.report.claims import (
     compression_vs_dense,
     versus,
 )
-from ssmoe_cli.report.frontier_ratios import Ratio, Tradeoff, interval_text, ratio_text, tradeoff
+from ssmoe_cli.report.frontier_analysis import Tradeoff, tradeoff
+from ssmoe_cli.report.frontier_ratios import Ratio, interval_text, ratio_text
 from ssmoe_cli.report.records import BASE_KEYS, PARAM, Group, Key, RunRecord, group_runs, short_names
 from ssmoe_cli.report.roles import Roles, size_phrase
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ssmoe_cli.metrics import FLOPS, INFER_MS_B1, PARAMS_ACTIVE, PARAMS_NONZERO, TEST_ACC, get
 from ssmoe_cli.plots import pyplot
-from ssmoe_cli.report.frontier_ratios import Tradeoff
+from ssmoe_cli.report.frontier_analysis import Tradeoff
 from ssmoe_cli.report.plots import colours, human_count
 
 FILES = {

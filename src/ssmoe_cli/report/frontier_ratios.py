@@ -1,4 +1,4 @@
-"""Iso-accuracy ratios with bootstrap intervals and verdicts, and the whole trade-off analysis of one context.
+"""Iso-accuracy ratios: the bootstrap over seeds, the best series of a role, the ratio, its interval and verdict.
 
 The accuracy level is A = the dense reference's mean val/acc - tolerance (points). For each of
 params/nonzero and params/active_per_sample, three ratios (report/frontier_iso.py has the budgets):
@@ -23,25 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ssmoe_cli.metrics import PARAMS_ACTIVE, PARAMS_NONZERO, TEST_ACC
-from ssmoe_cli.report.claims import Status, points
+from ssmoe_cli.report.claims import Status
 from ssmoe_cli.report.frontier import (
     SELECT,
-    X_METRICS,
-    Matched,
-    Point,
     Reference,
     Series,
-    build_series,
-    dense_reference,
-    headline_match,
-    matched_budgets,
-    pareto,
-    unpruned_role,
 )
 from ssmoe_cli.report.frontier_iso import (
-    BOOTSTRAP_SEED,
     EPS,
-    REPLICATES,
     Interval,
     Iso,
     iso_arrays,
@@ -51,8 +40,6 @@ from ssmoe_cli.report.frontier_iso import (
     resample_means,
 )
 from ssmoe_cli.report.intervals import Summary
-from ssmoe_cli.report.records import Group, Key
-from ssmoe_cli.report.roles import Roles
 
 RATIO_X = (PARAMS_NONZERO, PARAMS_ACTIVE)
 NOUN = {PARAMS_NONZERO: "nonzero parameters", PARAMS_ACTIVE: "active parameters per sample"}
@@ -100,29 +87,6 @@ class Ratio:
         return f"iso-accuracy ratio vs {self.against} on {NOUN[self.x]}"
 
 
-@dataclass
-class Tradeoff:
-    """The trade-off curves of one context: series, reference, frontier, ratios, matched budgets."""
-
-    context: Key
-    series: list[Series]
-    tolerance: float
-    reference: Reference | None = None
-    level: float | None = None  # A, the accuracy level (fraction)
-    frontier: dict[str, list[Point]] = field(default_factory=dict)  # x metric -> Pareto points (on val/acc)
-    ratios: list[Ratio] = field(default_factory=list)
-    matched: list[Matched] = field(default_factory=list)
-    headlines: list[tuple[str, Matched]] = field(default_factory=list)
-
-    @property
-    def applies(self) -> bool:
-        """Shown only when a series has two budgets or more."""
-        return any(s.is_curve for s in self.series)
-
-    def ratio(self, kind: str, x: str = PARAMS_NONZERO) -> Ratio | None:
-        return next((r for r in self.ratios if r.kind == kind and r.x == x), None)
-
-
 def _count(x: float) -> str:
     return f"{x:,.0f}"
 
@@ -140,7 +104,7 @@ def interval_text(i: Interval) -> str:
     return f"[{i.low:.2f}, {hi}]"
 
 
-class _Engine:
+class Engine:
     """Iso budgets of the candidate series, on the observed means and on every bootstrap replicate."""
 
     def __init__(self, ref: Reference, cands: Sequence[Series], tolerance: float, replicates: int, seed: int):
@@ -174,7 +138,7 @@ class _Best:
     reps: tuple  # (low, high) arrays of the minimum in every replicate
 
 
-def _best(engine: _Engine, series: Sequence[Series], x: str) -> _Best | None:
+def _best(engine: Engine, series: Sequence[Series], x: str) -> _Best | None:
     """The smallest iso budget among the series. When a series' bound leaves it open whether it beats
     the chosen one, the side named is that series (it is what a smaller budget must be measured for)."""
     import numpy as np
@@ -211,11 +175,11 @@ _WHY = {
 }
 
 
-def _ratio(
+def iso_ratio(
     kind: str,
     against: str,
     x: str,
-    engine: _Engine,
+    engine: Engine,
     ref: Reference,
     mine: Sequence[Series],
     theirs: Sequence[Series] | None,
@@ -268,55 +232,3 @@ def _ratio(
         r.status = "not supported"
         r.reason = f"{text}; the interval {'includes 1' if interval.high >= 1 else 'is below 1'}"
     return r
-
-
-def tradeoff(
-    groups: Sequence[Group],
-    keys: Sequence[str],
-    tolerance: float,
-    roles: Roles = Roles(),
-    context: Key = (),
-    replicates: int = REPLICATES,
-    seed: int = BOOTSTRAP_SEED,
-) -> Tradeoff:
-    """Series, dense reference, Pareto frontier per x metric, the iso-accuracy ratios and matched budgets."""
-    series = build_series(groups, keys)
-    out = Tradeoff(context, series, tolerance, frontier={x: pareto(series, x) for x in X_METRICS})
-    out.matched = matched_budgets(series, keys, roles)
-    if not out.applies:
-        return out
-    ref = out.reference = dense_reference(groups, roles)
-    dense = unpruned_role(roles)
-    curves = [s for s in series if s.is_curve]
-    mine = [s for s in curves if s.plays(roles.proposed)]
-    fcl = [s for s in curves if s.plays(dense) and not s.plays(roles.proposed)]
-    vs = [s for s in curves if s.plays(roles.versus) and not s.plays(roles.proposed)]
-    if ref is None or ref.summary().mean is None:
-        why = f"no dense {roles.dense.model} configuration with {SELECT} ({dense.describe()}, unpruned)"
-        out.ratios = [Ratio(k, a, x, "not measurable", why) for x in RATIO_X for k, a in _kinds(roles)]
-        return out
-    ref_acc = ref.summary().mean or 0.0
-    base = (
-        f"iso-accuracy on validation accuracy within {points(tolerance)} of the dense {roles.dense.model}'s "
-        f"{100 * ref_acc:.2f}%"
-    )
-    engine = _Engine(ref, [*mine, *fcl, *vs], tolerance, replicates, seed)
-    out.level = engine.level + EPS
-    for x in RATIO_X:
-        (ka, aa), (kb, ab), (kc, ac) = _kinds(roles)
-        out.ratios += [
-            _ratio(ka, aa, x, engine, ref, mine, None, base),
-            _ratio(kb, ab, x, engine, ref, mine, fcl, base),
-            _ratio(kc, ac, x, engine, ref, mine, vs, base),
-        ]
-    a = out.ratio("dense")
-    chosen = a.proposed.series if a is not None and a.proposed is not None else None
-    for name, role in ((f"pruned {roles.dense.model}", dense), (str(roles.versus), roles.versus)):
-        if (m := headline_match(out.matched, chosen, role, out.level)) is not None:
-            out.headlines.append((name, m))
-    return out
-
-
-def _kinds(roles: Roles) -> list[tuple[str, str]]:
-    d = roles.dense.model
-    return [("dense", f"the dense {d}"), ("pruned", f"the best pruned {d}"), ("versus", str(roles.versus))]

@@ -13,7 +13,8 @@ from ssmoe_cli.metrics import TEST_ACC, VAL_ACC, get
 from ssmoe_cli.report.cells import DASH, fmt_value, num
 from ssmoe_cli.report.claims import points
 from ssmoe_cli.report.frontier import X_METRICS, Matched, Point, Series
-from ssmoe_cli.report.frontier_ratios import NOUN, Ratio, Tradeoff, interval_text, ratio_text
+from ssmoe_cli.report.frontier_analysis import Tradeoff
+from ssmoe_cli.report.frontier_ratios import NOUN, Ratio, interval_text, ratio_text
 from ssmoe_cli.report.intervals import Paired, Summary
 
 ACCS = (VAL_ACC, TEST_ACC)

@@ -30,7 +30,7 @@ from ssmoe_cli.report.cells import (
     num,
 )
 from ssmoe_cli.report.claims import Findings
-from ssmoe_cli.report.frontier_ratios import Tradeoff
+from ssmoe_cli.report.frontier_analysis import Tradeoff
 from ssmoe_cli.report.intervals import Summary
 
 FORMATS = ("rich", "markdown", "csv", "json", "html")
