@@ -155,8 +155,8 @@ class Paired:
 def paired_differences(a: dict[str, float], b: dict[str, float], scale: float = 1.0) -> Paired:
     """Pair two {seed: value} maps on their common seeds; differences (a - b) * scale, t interval.
 
-    Differences of accuracies lie in [-1, 1] but are centred near 0, far from the bounds: the plain
-    t interval is the right one here.
+    Differences of accuracies lie in [-1, 1], of expert-output correlations in [-2, 2], of load CV²
+    anywhere, but all are centred near 0, far from any bound: the plain t interval is the right one.
     """
     seeds = tuple(sorted(set(a) & set(b), key=_seed_order))
     diffs = tuple((a[s] - b[s]) * scale for s in seeds)
