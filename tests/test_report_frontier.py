@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import search_runs
 
 from ssmoe_cli.report.build import build_report
 from ssmoe_cli.report.frontier_analysis import tradeoff
@@ -205,6 +206,39 @@ def test_no_budgets_no_section():
     report, t = analyse(runs)
     assert not t.applies and t.ratios == []
     assert json.loads(_json(report))["tradeoffs"] == []
+
+
+def test_cli_report_on_a_budget_sweep_writes_the_section_plots_and_logs_the_ratios(run_cli, tmp_path):
+    """The real CLI on an MLflow store holding the hand-made sweep: JSON on stdout, plots, a report run."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("frontier", artifact_location=str(tmp_path / "mlruns"))
+    for i, r in enumerate(frontier_runs()):
+        rid = client.create_run(exp, tags=dict(r.tags), start_time=1000 + i).info.run_id
+        client.log_batch(
+            rid,
+            metrics=[Metric(k, v, 0, 0) for k, v in r.metrics.items()],
+            params=[Param(k, v) for k, v in r.params.items()],
+        )
+        client.set_terminated(rid, "FINISHED")
+    proc = run_cli("report", "-e", "frontier", "--tolerance", "0.5", "--format", "json", "--log-run")
+    (t,) = json.loads(proc.stdout)["tradeoffs"]
+    _, expected = analyse(frontier_runs())
+    got = {(r["kind"], r["x"]): r for r in t["iso_ratios"]}
+    for r in expected.ratios:  # the CLI reads back what was logged: the same ratios and intervals
+        assert got[(r.kind, r.x)]["ratio"] == pytest.approx(r.value) and got[(r.kind, r.x)]["status"] == r.status
+        assert got[(r.kind, r.x)]["ci95_low"] == pytest.approx(r.interval.low)
+    plots = tmp_path / "reports" / "frontier"
+    assert {p.name for p in plots.glob("tradeoff_*.png")} == {
+        "tradeoff_nonzero.png", "tradeoff_active.png", "tradeoff_flops.png", "tradeoff_latency_b1.png"
+    }  # fmt: skip
+    runs = search_runs(tmp_path, "frontier")
+    report_run = runs[runs["tags.run_type"] == "report"].iloc[0]
+    assert report_run["metrics.claims/iso_nonzero_vs_fcl"] == pytest.approx(expected.ratio("dense").value)
+    artifacts = {f.path for f in client.list_artifacts(report_run["run_id"], "plots")}
+    assert "plots/tradeoff_nonzero.png" in artifacts
 
 
 def _json(report) -> str:
