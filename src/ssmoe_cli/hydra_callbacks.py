@@ -26,7 +26,9 @@ class PrepareExperiment(Callback):
 
         try:  # what would fail every job fails the sweep once, with one line, before any job starts
             check_objective(config)
-            tracker = instantiate(config.logger, offline_dir=None)  # no job's output directory exists yet
+            # No job's output directory exists yet: a tracker with an offline journal must not resolve it.
+            overrides = {"offline_dir": None} if "offline_dir" in config.logger else {}
+            tracker = instantiate(config.logger, **overrides)
             if isinstance(tracker, MlflowTracker):
                 tracker.experiment_id()  # also: a store that cannot be opened
         except SsmoeError as exc:
