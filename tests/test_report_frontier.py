@@ -173,7 +173,8 @@ def test_a_ratio_whose_interval_includes_one_is_not_supported():
 
 def test_bounded_or_single_seed_budgets_are_not_measurable():
     flat = [0.889] * 6  # within tolerance down to the smallest budget: the iso budget is only bounded
-    _, t = analyse(frontier_runs(ptsne=flat))
+    report, t = analyse(frontier_runs(ptsne=flat))
+    assert "compression ratio of >= 32.00x (only bounded) over the dense fcl" in report.findings[0].sentence
     a = t.ratio("dense")
     assert a.status == "not measurable" and a.value is None and a.low == pytest.approx(266610 / 8332)
     assert "ptsne_moe / obd stays within tolerance down to its smallest budget (8,332)" in a.reason

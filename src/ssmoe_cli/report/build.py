@@ -3,6 +3,7 @@ sentence per context, notes."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from ssmoe_cli.report.claims import (
     VersusBlank,
     ci_text,
     compression_vs_dense,
+    points,
     versus,
 )
 from ssmoe_cli.report.frontier_analysis import Tradeoff, tradeoff
@@ -88,8 +90,8 @@ def sentence(compression: CompressionBlank, other: VersusBlank, roles: Roles = R
 def _iso_text(r: Ratio | None) -> str:
     if r is None or r.low is None or r.high is None:
         return "?"
-    if r.value is None:
-        return f"{ratio_text(r.low, r.high)} (only bounded)" if r.low > 0 else "?"
+    if r.value is None:  # one side only bounded or not reached: the bound it allows, said as such
+        return "?" if r.low == 0 and math.isinf(r.high) else f"{ratio_text(r.low, r.high)} (only bounded)"
     return f"{r.value:.2f}x (95% CI {interval_text(r.interval)[1:-1]})" if r.interval else f"{r.value:.2f}x"
 
 
@@ -103,7 +105,7 @@ def iso_sentence(t: Tradeoff, roles: Roles = Roles()) -> str:
         f"This model ({roles.proposed}) achieves a compression ratio of {_iso_text(t.ratio('dense'))} over the dense "
         f"{d} network and a {_iso_text(t.ratio('versus'))} improvement over {roles.versus} networks while achieving "
         f"similar performance metrics (iso-accuracy on nonzero parameters: the fewest at which validation accuracy "
-        f"stays within {t.tolerance:g} points of the dense {d}'s {acc}; against the best pruned {d}{best}: "
+        f"stays within {points(t.tolerance)} of the dense {d}'s {acc}; against the best pruned {d}{best}: "
         f"{_iso_text(b)})."
     )
 

@@ -199,7 +199,8 @@ def iso_ratio(
         side = Side(against, Iso("reached", ref_x), None, test_text(ref.summary(TEST_ACC)))
         o = _Best(side, ref_x, ref_x, (ref_x, ref_x))
     elif (found := _best(engine, theirs, x)) is None:
-        return Ratio(kind, against, x, "not measurable", f"no series of {against} with 2 budgets or more has {x}")
+        who = against.removeprefix("the best ")  # "pruned fcl", or the compared model
+        return Ratio(kind, against, x, "not measurable", f"no {who} series with 2 budgets or more has {x} and {SELECT}")
     else:
         o = found
     low, high = (float(v) for v in ratio_bounds((o.low, o.high), (p.low, p.high)))
