@@ -183,6 +183,16 @@ def test_bounded_or_single_seed_budgets_are_not_measurable():
     assert all(r.status == "not measurable" and "fewer than 2 seeds" in r.reason for r in single.ratios)
 
 
+def test_without_an_unpruned_dense_run_there_is_no_reference_and_no_ratio():
+    runs = [
+        r for r in frontier_runs() if not (r.get("model") == "fcl" and r.get("params.prune.target_nonzero") == "266610")
+    ]
+    _, t = analyse(runs)
+    assert t.applies and t.reference is None and len(t.ratios) == 6  # a pruned fcl is never the reference
+    assert all(r.status == "not measurable" for r in t.ratios)
+    assert t.ratios[0].reason.startswith("no unpruned fcl configuration with val/acc to be the reference")
+
+
 def test_roles_come_from_the_options():
     roles = Roles(proposed=Role.parse("sgmoe"), versus=Role.parse("ptsne_moe"))
     _, t = analyse(frontier_runs(), roles=roles)

@@ -137,18 +137,25 @@ def _pool(groups: Sequence[Group], metric: str) -> dict[str, float]:
 
 
 def dense_reference(groups: Sequence[Group], roles: Roles) -> Reference | None:
-    """The dense model's unpruned configurations: prune/sparsity 0 (or not logged), then the largest
-    mean nonzero. Several prune methods at the 1x budget train the same network: their runs are pooled
-    by seed (a seed in several of them counts once, at the mean of its values)."""
+    """The dense model's unpruned configurations: those of the dense role itself (e.g. prune=none) and those
+    whose mean prune/sparsity is 0 (a 1x budget); the largest mean nonzero among them. Only when no run
+    logs prune/sparsity, the largest mean nonzero alone. None when there is none: a pruned network is
+    never the reference. Several prune methods at the 1x budget train the same network: their runs are
+    pooled by seed (a seed in several of them counts once, at the mean of its values)."""
     role = unpruned_role(roles)
     cands = [g for g in groups if role.matches(g) and (g.mean(PARAMS_NONZERO) or 0) > 0]
-    unpruned = [g for g in cands if g.mean(PRUNE_SPARSITY) is None or (g.mean(PRUNE_SPARSITY) or 0.0) <= 1e-6]
-    cands = unpruned or cands
+    if any(g.mean(PRUNE_SPARSITY) is not None for g in cands):
+        cands = [g for g in cands if roles.dense.matches(g) or _unpruned(g)]
     if not cands:
         return None
     top = max(g.mean(PARAMS_NONZERO) or 0.0 for g in cands)
     pooled = [g for g in cands if (g.mean(PARAMS_NONZERO) or 0.0) >= top * (1 - 1e-6)]
     return Reference(pooled, _pool(pooled, VAL_ACC), _pool(pooled, TEST_ACC))
+
+
+def _unpruned(g: Group) -> bool:
+    sparsity = g.mean(PRUNE_SPARSITY)
+    return sparsity is not None and sparsity <= 1e-6
 
 
 # --------------------------------------------------------------------------- Pareto frontier

@@ -77,7 +77,11 @@ def tradeoff(
     fcl = [s for s in curves if s.plays(dense) and not s.plays(roles.proposed)]
     vs = [s for s in curves if s.plays(roles.versus) and not s.plays(roles.proposed)]
     if ref is None or ref.summary().mean is None:
-        why = f"no dense {roles.dense.model} configuration with {SELECT} ({dense.describe()}, unpruned)"
+        d = roles.dense.model
+        why = (
+            f"no unpruned {d} configuration with {SELECT} to be the reference (prune/sparsity 0, or "
+            f"{roles.dense.describe()}): train {d} at its full size too, e.g. at the 1x budget or with prune=none"
+        )
         out.ratios = [Ratio(k, a, x, "not measurable", why) for x in RATIO_X for k, a in ratio_kinds(roles)]
         return out
     ref_acc = ref.summary().mean or 0.0
