@@ -205,7 +205,10 @@ def iso_ratio(
         o = found
     low, high = (float(v) for v in ratio_bounds((o.low, o.high), (p.low, p.high)))
     interval = percentile_interval(*ratio_bounds(o.reps, p.reps))
-    fractions = _fractions(p.side.label, p.reps) | (_fractions(o.side.label, o.reps) if theirs is not None else {})
+    # The shares are about each role's minimum over its series, so they name the model, not one series.
+    fractions = _fractions(f"{model}'s budget", p.reps)
+    if theirs is not None:
+        fractions |= _fractions(f"{theirs[0].model}'s budget", o.reps)
     r = Ratio(kind, against, x, "not measurable", "", p.side, o.side, low, high, interval, fractions)
     if low != high:
         d = p.side if p.low != p.high else o.side
