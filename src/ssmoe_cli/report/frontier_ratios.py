@@ -211,12 +211,11 @@ def iso_ratio(
         fractions |= _fractions(f"{theirs[0].model}'s budget", o.reps)
     r = Ratio(kind, against, x, "not measurable", "", p.side, o.side, low, high, interval, fractions)
     if low != high:
-        d = p.side if p.low != p.high else o.side
-        why, more = _WHY[d.iso.state]
-        r.reason = (
-            f"{base}, on {noun}: {d.label} {why} ({_count(d.iso.value)}), so the ratio is only known as "
-            f"{ratio_text(low, high)}: measure {more} budgets"
-        )
+        open_sides = [b.side for b in (p, o) if b.low != b.high]
+        said = " and ".join(f"{d.label} {_WHY[d.iso.state][0]} ({_count(d.iso.value)})" for d in open_sides)
+        more = " or ".join(dict.fromkeys(_WHY[d.iso.state][1] for d in open_sides))
+        known = "unknown" if low == 0 and math.isinf(high) else f"only known as {ratio_text(low, high)}"
+        r.reason = f"{base}, on {noun}: {said}, so the ratio is {known}: measure {more} budgets"
         return r
     shares = "; ".join(f"{k} in {100 * v:.1f}%" for k, v in fractions.items() if v > 0)
     boot = f"bootstrap over seeds, B={interval.replicates}" + (f"; {shares} of replicates" if shares else "")
