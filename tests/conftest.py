@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,56 @@ def run_cli(tmp_path: Path):
     return run
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, created (schema migrated) once per session: MLflow takes seconds
+    to create one, which every test that trains in a fresh folder would otherwise pay again."""
+    from ssmoe_cli.tracking import open_store
+
+    db = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    open_store(f"sqlite:///{db}")
+    return db
+
+
+@pytest.fixture
+def mlflow_db(tmp_path: Path, store_template: Path) -> Path:
+    """tmp_path/mlflow.db, an existing empty store (as after a user's first run). Only for tests that are
+    not about creating the store: those (parallel jobs racing to create it, no store touched) start without."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(store_template, db)
+    return db
+
+
+def run_parallel(
+    *commands: tuple[Path, list[str]], check: bool = True, timeout: int = 300
+) -> list[subprocess.CompletedProcess]:
+    """Run `python -m ssmoe_cli ARGS` for each (cwd, ARGS) at once and wait for all, failing as run_cli
+    does (check): a test's independent runs overlap their imports and set-up instead of queueing on 2 cores."""
+    started = []
+    for cwd, args in commands:
+        out, err = (cwd / f"{name}-{time.monotonic_ns()}" for name in ("stdout", "stderr"))
+        with out.open("w") as out_fh, err.open("w") as err_fh:  # files: a full pipe would block a process
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ssmoe_cli", *args], cwd=cwd, env=cli_env(cwd), stdout=out_fh, stderr=err_fh
+            )
+        started.append((proc, args, out, err))
+    done = []
+    try:
+        for proc, args, out, err in started:
+            proc.wait(timeout=timeout)
+            result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
+            if check and proc.returncode != 0:
+                said = f"{result.stdout}\n{result.stderr}"
+                raise AssertionError(f"ssmoe {' '.join(args)} exited {proc.returncode}\n{said}")
+            done.append(result)
+    finally:
+        for proc, *_ in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
+
+
 def errors(stderr: str) -> list[str]:
     """The `ssmoe: error:` lines of a command's stderr (each problem is exactly one such line)."""
     return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]
@@ -63,8 +115,6 @@ def errors(stderr: str) -> list[str]:
 def start_train(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     """`ssmoe train ARGS` in the background in tmp_path; its stderr goes to a file (a full pipe would
     block it). Ctrl-C must reach it even where pytest itself runs in the background (ignoring SIGINT)."""
-    import time
-
     err = tmp_path / f"stderr-{time.monotonic_ns()}"
     with err.open("w") as fh:
         proc = subprocess.Popen(
@@ -80,8 +130,6 @@ def start_train(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
 
 def wait_for(proc: subprocess.Popen, found, what: str, timeout: float = 180):
     """Poll found() until it returns something truthy; fail if proc ends first or time runs out."""
-    import time
-
     deadline = time.time() + timeout
     while not (hit := found()):
         assert proc.poll() is None, f"the run ended before {what}"
@@ -110,12 +158,13 @@ class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 with its store in a temp dir; stop() kills it (SIGKILL, as a
     crash would), start() brings it back on the same port and store."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, template: Path | None = None) -> None:
         self.root, self.port, self.proc = root, free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
+        if template is not None:  # an existing empty store: the server starts without creating one
+            shutil.copyfile(template, root / "server.db")
 
     def start(self) -> MlflowServer:
-        import time
         import urllib.request
 
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -148,7 +197,7 @@ class MlflowServer:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path):
-    server = MlflowServer(tmp_path).start()
+def mlflow_server(tmp_path: Path, store_template: Path):
+    server = MlflowServer(tmp_path, store_template).start()
     yield server
     server.stop()

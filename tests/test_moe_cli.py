@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import mlflow
 import pytest
 import torch
-from conftest import FAST, search_runs
+from conftest import FAST, run_parallel, search_runs
 
 from ssmoe_cli.export import load_model
 
@@ -32,15 +35,29 @@ def test_models_compose_and_gating_is_overridable(run_cli):
     assert "gating:" not in out and "topology:" not in out
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Path:
+    """One folder, one store, three runs at once (one thread each): sgmoe and ptsne_moe on synthetic data
+    (two runs, not one sweep over model: Hydra checks non-swept overrides against the base config,
+    model=fcl, which has no num_experts) and a magnitude-pruned FCL on digits."""
+    root = tmp_path_factory.mktemp("moe_cli")
+    shutil.copyfile(store_template, root / "mlflow.db")
+    small = ["data=synthetic", "model.num_experts=4", "model.expert_hidden=[16]", "threads=1", *FAST]
+    pruned = ["model=fcl", "data=digits", "trainer.max_epochs=4", "prune=magnitude", "prune.start=1"]
+    pruned += ["prune.every=1", "prune.rounds=2", "prune.min_retrain=1", "prune.target_sparsity=0.8", "threads=1"]
+    pruned += [*FAST[1:], "trainer.enable_progress_bar=false"]
+    run_parallel(
+        (root, ["train", "model=sgmoe", *small]),
+        (root, ["train", "model=ptsne_moe", "gating.pretrain_epochs=3", "gating.tsne_batch_size=200", *small]),
+        (root, ["train", *pruned]),
+    )
+    return root
+
+
 @pytest.mark.slow
-def test_sgmoe_and_ptsne_moe_runs_log_gate_metrics_plots_and_export(run_cli, tmp_path):
-    # Two runs, not one sweep over model: Hydra checks non-swept overrides against the base config
-    # (model=fcl), which has no num_experts.
-    small = ["data=synthetic", "model.num_experts=4", "model.expert_hidden=[16]", *FAST]
-    run_cli("train", "model=sgmoe", *small)
-    run_cli("train", "model=ptsne_moe", "gating.pretrain_epochs=3", "gating.tsne_batch_size=200", *small)
-    runs = search_runs(tmp_path).set_index("tags.model")
-    assert set(runs.index) == {"sgmoe", "ptsne_moe"} and set(runs.status) == {"FINISHED"}
+def test_sgmoe_and_ptsne_moe_runs_log_gate_metrics_plots_and_export(trained):
+    runs = search_runs(trained).set_index("tags.model")
+    assert sorted(runs.index) == ["fcl", "ptsne_moe", "sgmoe"] and set(runs.status) == {"FINISHED"}
     for model in ("sgmoe", "ptsne_moe"):
         run = runs.loc[model]
         for key in MOE_METRICS + SIZE_METRICS:
@@ -59,28 +76,15 @@ def test_sgmoe_and_ptsne_moe_runs_log_gate_metrics_plots_and_export(run_cli, tmp
         or runs.loc["sgmoe"]["metrics.gate/trustworthiness"] != runs.loc["sgmoe"]["metrics.gate/trustworthiness"]
     )  # NaN: noisy top-k has no map
     # The exported file rebuilds the model, which predicts (on the same data) what the run measured.
-    path = mlflow.MlflowClient().download_artifacts(ptsne.run_id, "model.safetensors", str(tmp_path))
+    path = mlflow.MlflowClient().download_artifacts(ptsne.run_id, "model.safetensors", str(trained))
     model = load_model(path)
     assert model(torch.randn(5, 32)).logits.shape == (5, 4)
 
 
 @pytest.mark.slow
-def test_pruned_fcl_run_reaches_the_exact_target_and_logs_its_layers(run_cli, tmp_path):
-    run_cli(
-        "train",
-        "model=fcl",
-        "data=digits",
-        "trainer.max_epochs=4",
-        "prune=magnitude",
-        "prune.start=1",
-        "prune.every=1",
-        "prune.rounds=2",
-        "prune.min_retrain=1",
-        "prune.target_sparsity=0.8",
-        *FAST[1:],
-        "trainer.enable_progress_bar=false",
-    )
-    run = search_runs(tmp_path).iloc[0]
+def test_pruned_fcl_run_reaches_the_exact_target_and_logs_its_layers(trained):
+    runs = search_runs(trained)
+    (run,) = (row for _, row in runs.iterrows() if row["tags.model"] == "fcl")
     assert run["metrics.prune/sparsity"] == pytest.approx(0.8, abs=1e-6)
     assert run["tags.prune"] == "magnitude"
     dense = 64 * 300 + 300 * 100 + 100 * 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +18,8 @@ from conftest import FAST, cli_env, errors, search_runs
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-
-
 @pytest.mark.slow
-def test_nan_loss_stops_the_run_failed_with_step_and_keeps_the_checkpoint(run_cli, tmp_path):
+def test_nan_loss_stops_the_run_failed_with_step_and_keeps_the_checkpoint(run_cli, tmp_path, mlflow_db):
     proc = run_cli(
         "train",
         *SYNTH,
@@ -52,7 +51,7 @@ def test_unreachable_tracking_server_fails_fast_before_training(run_cli, tmp_pat
     assert not list(tmp_path.glob("logs/train/runs/*/checkpoints"))  # nothing trained
 
 
-def test_corrupt_data_file_names_the_file(run_cli, tmp_path):
+def test_corrupt_data_file_names_the_file(run_cli, tmp_path, mlflow_db):
     root = tmp_path / "fm"
     root.mkdir()
     for name in (
@@ -73,7 +72,7 @@ def test_corrupt_data_file_names_the_file(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_job_does_not_stop_the_sweep_and_is_named(run_cli, tmp_path):
+def test_a_failing_job_does_not_stop_the_sweep_and_is_named(run_cli, tmp_path, mlflow_db):
     proc = run_cli(
         "train",
         "-m",
@@ -104,7 +103,7 @@ def _final_acc(stdout: str) -> str:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_into_the_same_run_and_reaches_the_same_result(run_cli, tmp_path):
+def test_killed_run_resumes_into_the_same_run_and_reaches_the_same_result(run_cli, tmp_path, store_template):
     # sgmoe: its gate draws noise in training, so the RNG state must be restored too.
     args = [
         "train",
@@ -122,37 +121,44 @@ def test_killed_run_resumes_into_the_same_run_and_reaches_the_same_result(run_cl
     ]
     reference = tmp_path / "reference"
     reference.mkdir()
-    env = cli_env(reference)
-    ref = subprocess.run(
-        [sys.executable, "-m", "ssmoe_cli", *args], cwd=reference, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert ref.returncode == 0, ref.stderr
+    for folder in (reference, tmp_path):  # stores that exist: MLflow's seconds of creating one are not tested here
+        shutil.copyfile(store_template, folder / "mlflow.db")
+    # The uninterrupted reference trains on the other core while the run to be killed trains here.
+    with (reference / "stdout").open("w") as out, (reference / "stderr").open("w") as err:
+        ref = subprocess.Popen(
+            [sys.executable, "-m", "ssmoe_cli", *args], cwd=reference, env=cli_env(reference), stdout=out, stderr=err
+        )
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ssmoe_cli", *args],
+            cwd=tmp_path,
+            env=cli_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 300
+        ckpt: list[Path] = []
+        while not ckpt and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            ckpt = list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt"))
+        assert ckpt and proc.poll() is None, "the run ended before it could be killed mid-training"
+        time.sleep(0.3)  # into the next epoch (one takes about a second)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert search_runs(tmp_path).iloc[0].status == "RUNNING"  # killed: nobody could close it
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ssmoe_cli", *args],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    ckpt: list[Path] = []
-    while not ckpt and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        ckpt = list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt"))
-    assert ckpt and proc.poll() is None, "the run ended before it could be killed mid-training"
-    time.sleep(0.3)  # into the next epoch (one takes about a second)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert search_runs(tmp_path).iloc[0].status == "RUNNING"  # killed: nobody could close it
-
-    resumed = run_cli(*args, "ckpt_path=last")
+        resumed = run_cli(*args, "ckpt_path=last")
+        assert ref.wait(timeout=600) == 0, (reference / "stderr").read_text()
+    finally:
+        if ref.poll() is None:
+            ref.kill()
+            ref.wait()
     runs = search_runs(tmp_path)
     assert len(runs) == 1 and runs.iloc[0].status == "FINISHED" and runs.iloc[0]["tags.resumed"] == "true"
-    assert _final_acc(resumed.stdout) == _final_acc(ref.stdout)
+    assert _final_acc(resumed.stdout) == _final_acc((reference / "stdout").read_text())
 
 
-def test_a_checkpoint_that_is_not_weights_only_is_refused_as_unsafe(run_cli, tmp_path):
+def test_a_checkpoint_that_is_not_weights_only_is_refused_as_unsafe(run_cli, tmp_path, mlflow_db):
     import argparse
 
     import torch
@@ -166,7 +172,7 @@ def test_a_checkpoint_that_is_not_weights_only_is_refused_as_unsafe(run_cli, tmp
     assert search_runs(tmp_path).empty  # refused before any run was started or resumed
 
 
-def test_ckpt_path_last_without_a_checkpoint_is_one_line(run_cli):
+def test_ckpt_path_last_without_a_checkpoint_is_one_line(run_cli, mlflow_db):
     proc = run_cli("train", *SYNTH, "ckpt_path=last", *FAST, check=False)
     assert proc.returncode == 2
     (line,) = errors(proc.stderr)
@@ -189,7 +195,9 @@ def test_server_lost_mid_run_training_finishes_and_sync_relogs(tmp_path, mlflow_
     epochs = 25  # ~0.1 s each: seconds of training left after epoch 1 for the test to pause it there
     cmd = [sys.executable, "-m", "ssmoe_cli", "train", *SYNTH, "logger=mlflow_server", *FAST[1:]]
     cmd += [f"logger.tracking_uri={mlflow_server.url}", f"trainer.max_epochs={epochs}"]
-    cmd += ["trainer.enable_progress_bar=false"]
+    # One retry (of urllib3's, before the run goes offline) instead of the default three, whose back-off
+    # sleeps (0 + 2 + 4 s) only make the test wait.
+    cmd += ["trainer.enable_progress_bar=false", "logger.http_retries=1"]
     client = mlflow.MlflowClient(mlflow_server.url)
 
     def first_epoch_logged() -> str | None:
