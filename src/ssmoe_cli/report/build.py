@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from ssmoe_cli import metrics as M
 from ssmoe_cli.report.claims import (
     NETWORK_TAGS,
-    Claim,
     CompressionBlank,
     Findings,
     VersusBlank,
     ci_text,
     compression_vs_dense,
+    headline_claims,
     points,
     versus,
 )
@@ -136,18 +136,8 @@ def analyse(groups: Sequence[Group], keys: Sequence[str], tolerance: float, role
     for ctx, members in contexts(groups, keys).items():
         blank1 = compression_vs_dense(members, tolerance, roles)
         blank2 = versus(members, keys, prefer=blank1.chosen, roles=roles)
-        claims = [blank1.claim]
-        if blank2.headline is None:
-            claims += [
-                Claim(f"accuracy improvement vs {roles.versus}", "not measurable", blank2.reason),
-                Claim(f"compression improvement vs {roles.versus}", "not measurable", blank2.reason),
-            ]
-        else:
-            where = f" [{blank2.headline.setting_label}]"
-            claims += [
-                Claim(c.claim + where, c.status, c.reason)
-                for c in (blank2.headline.accuracy_claim, blank2.headline.compression_claim)
-            ]
+        # Blank 1, then the headline pair's four claims (accuracy, compression, load balance, correlation).
+        claims = [blank1.claim, *headline_claims(blank2, roles)]
         findings.append(Findings(ctx, names, blank1, blank2, sentence(blank1, blank2, roles), claims))
     return findings
 
