@@ -12,14 +12,8 @@ from conftest import FAST, errors, search_runs, start_train, wait_for
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-
-
-
-
-
-
 @pytest.mark.slow
-def test_sigterm_during_training_ends_killed_keeps_the_checkpoint_and_resumes(run_cli, tmp_path):
+def test_sigterm_during_training_ends_killed_keeps_the_checkpoint_and_resumes(run_cli, tmp_path, mlflow_db):
     """How SLURM and other schedulers stop a job: exit 143 with one line, the run KILLED with the
     reason, the last epoch's checkpoint kept, and `ckpt_path=last` finishes the same run."""
     args = [*SYNTH, "trainer.max_epochs=8", "trainer.enable_progress_bar=false", *FAST[1:]]
@@ -44,7 +38,7 @@ def test_sigterm_during_training_ends_killed_keeps_the_checkpoint_and_resumes(ru
     assert runs.iloc[0].status == "FINISHED" and runs.iloc[0]["tags.resumed"] == "true"
 
 
-def test_sigterm_stops_a_sweep_which_names_its_stopped_jobs(tmp_path):
+def test_sigterm_stops_a_sweep_which_names_its_stopped_jobs(tmp_path, mlflow_db):
     """The running job ends KILLED and hands in its outcome (what submitit needs from a SLURM job);
     the sweep's later jobs do not start, and its summary names them all."""
     args = ["-m", *SYNTH, "seed=0,1", "trainer.max_epochs=50", "trainer.enable_progress_bar=false", *FAST[1:]]
@@ -62,7 +56,7 @@ def test_sigterm_stops_a_sweep_which_names_its_stopped_jobs(tmp_path):
     assert len(runs) == 1 and runs.iloc[0].status == "KILLED"  # job #1 started no run
 
 
-def test_sigterm_before_training_ends_the_run_killed(tmp_path):
+def test_sigterm_before_training_ends_the_run_killed(tmp_path, mlflow_db):
     """During the t-SNE gate's pretraining (model.prepare, before Lightning runs): no longer left RUNNING."""
     args = ["model=ptsne_moe", "data=synthetic", "model.num_experts=4", "model.expert_hidden=[16]"]
     args += ["gating.pretrain_epochs=100000", "gating.tsne_batch_size=200", *FAST]

@@ -4,6 +4,7 @@ included), the metric a hyper-parameter search optimises, and what the CLI says 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,19 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, cli_env, errors, search_runs, start_train, wait_for
+from conftest import FAST, cli_env, errors, run_parallel, search_runs, start_train, wait_for
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-
-
-
-
 def _checkpoints(tmp_path: Path) -> list[Path]:
     return sorted(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt"))
-
-
 
 
 def _epoch(ckpt: Path) -> int:
@@ -34,10 +29,10 @@ def _epoch(ckpt: Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_resumed_killed_again_resumes_from_the_newest_checkpoint(run_cli, tmp_path):
+def test_killed_resumed_killed_again_resumes_from_the_newest_checkpoint(run_cli, tmp_path, mlflow_db):
     """kill -9, resume, SIGTERM, resume: the second resume continues from the first resume's checkpoint
     (no epoch twice, so one val/acc per epoch), and the finished run carries no stale error."""
-    epochs = 6
+    epochs = 4  # killed after the 1st, stopped after the 2nd or 3rd: the third process still trains
     args = [*SYNTH, "data.n_train=20000", "data.batch_size=32", f"trainer.max_epochs={epochs}", "threads=1"]
     args += ["trainer.enable_progress_bar=false", *FAST[1:]]
     first, _ = start_train(tmp_path, *args)
@@ -72,22 +67,26 @@ def test_killed_resumed_killed_again_resumes_from_the_newest_checkpoint(run_cli,
 
 
 @pytest.mark.slow
-def test_thread_count_is_part_of_the_identity_and_a_skip_builds_nothing(run_cli, tmp_path):
+def test_thread_count_is_part_of_the_identity_and_a_skip_builds_nothing(run_cli, tmp_path, mlflow_db):
     run_cli("train", *SYNTH, "threads=1", *FAST)
+    # Both after the first run has FINISHED, so both could find it; at once, as neither changes the other.
     # Skipped: decided before data and model are built, so Lightning (which both need) is never loaded.
-    skipped = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "ssmoe_cli", "train", *SYNTH, "threads=1", "skip_finished=true"]
-        + FAST,
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert skipped.returncode == 0 and "skipped, already finished" in skipped.stdout, skipped.stderr
-    imported = {line.split("|")[-1].strip() for line in skipped.stderr.splitlines() if line.startswith("import time:")}
+    skip_cmd = [sys.executable, "-X", "importtime", "-m", "ssmoe_cli", "train", *SYNTH, "threads=1"]
+    with (tmp_path / "skip.out").open("w") as out, (tmp_path / "skip.err").open("w") as err:
+        skipping = subprocess.Popen(
+            [*skip_cmd, "skip_finished=true", *FAST], cwd=tmp_path, env=cli_env(tmp_path), stdout=out, stderr=err
+        )
+    try:
+        other = run_cli("train", *SYNTH, "threads=2", "skip_finished=true", *FAST)
+        skipping.wait(timeout=300)
+    finally:
+        if skipping.poll() is None:
+            skipping.kill()
+            skipping.wait()
+    skipped_out, skipped_err = (tmp_path / "skip.out").read_text(), (tmp_path / "skip.err").read_text()
+    assert skipping.returncode == 0 and "skipped, already finished" in skipped_out, skipped_err
+    imported = {line.split("|")[-1].strip() for line in skipped_err.splitlines() if line.startswith("import time:")}
     assert "torch" in imported and "pytorch_lightning" not in imported
-    other = run_cli("train", *SYNTH, "threads=2", "skip_finished=true", *FAST)
     assert "skipped" not in other.stdout  # another thread count computes other last digits: trained
     runs = search_runs(tmp_path)
     assert sorted(runs["params.threads"]) == ["1", "2"] and sorted(runs["tags.threads"]) == ["1", "2"]
@@ -95,10 +94,13 @@ def test_thread_count_is_part_of_the_identity_and_a_skip_builds_nothing(run_cli,
 
 
 @pytest.mark.slow
-def test_default_threads_are_recorded_and_the_browse_hint_is_shell_quoted(tmp_path):
+def test_default_threads_are_recorded_and_the_browse_hint_is_shell_quoted(tmp_path, store_template):
     spaced = tmp_path / "my runs"
     spaced.mkdir()
+    shutil.copyfile(store_template, spaced / "mlflow.db")  # an existing store: its creation is not tested here
     env = {**cli_env(tmp_path), "COLUMNS": "400"}  # one line, however long the path
+    code = "import torch; print(torch.get_num_threads())"  # torch's default in a fresh process, same env
+    default = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     proc = subprocess.run(
         [sys.executable, "-m", "ssmoe_cli", "train", *SYNTH, *FAST],
         cwd=spaced,
@@ -107,19 +109,19 @@ def test_default_threads_are_recorded_and_the_browse_hint_is_shell_quoted(tmp_pa
         text=True,
         timeout=300,
     )
+    threads = default.communicate(timeout=300)[0].strip()
     assert proc.returncode == 0, proc.stderr
+    assert default.returncode == 0 and threads
     assert f"mlflow ui --backend-store-uri 'sqlite:///{spaced / 'mlflow.db'}'" in proc.stdout
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{spaced / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["ssmoe"]).iloc[0]
-    code = "import torch; print(torch.get_num_threads())"  # torch's default in a fresh process, same env
-    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert run["params.threads"] == run["tags.threads"] == default.stdout.strip()  # not "None"
+    assert run["params.threads"] == run["tags.threads"] == threads  # not "None"
 
 
 @pytest.mark.slow
-def test_optuna_search_optimises_validation_accuracy(run_cli, tmp_path):
+def test_optuna_search_optimises_validation_accuracy(run_cli, tmp_path, mlflow_db):
     proc = run_cli(
         "train",
         "-m",
@@ -175,10 +177,13 @@ def test_unreachable_server_hint_names_the_given_port(run_cli):
     assert f"(mlflow server --host 127.0.0.1 --port {port})" in line
 
 
-def _journal(tmp_path: Path, folder: Path) -> str:
-    """A run in a local store and an offline journal in `folder` holding one metric for it."""
+def _journal(tmp_path: Path, folder: Path, template: Path) -> str:
+    """A run in a local store (a copy of the empty template) and an offline journal in `folder` holding
+    one metric for it."""
     from ssmoe_cli.tracking import OFFLINE_JOURNAL, get_or_create_experiment, open_store
 
+    tmp_path.mkdir(exist_ok=True)
+    shutil.copyfile(template, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = open_store(uri)
     run_id = client.create_run(get_or_create_experiment(client, "ssmoe")).info.run_id
@@ -191,13 +196,15 @@ def _journal(tmp_path: Path, folder: Path) -> str:
     return run_id
 
 
-def test_sync_looks_in_the_run_or_the_sweeps_jobs_not_the_whole_tree(run_cli, tmp_path):
-    run_id = _journal(tmp_path, tmp_path / "sweep" / "3")
+def test_sync_looks_in_the_run_or_the_sweeps_jobs_not_the_whole_tree(run_cli, tmp_path, store_template):
+    run_id = _journal(tmp_path, tmp_path / "sweep" / "3", store_template)
     deep = tmp_path / "logs" / "a" / "b" / "c"
-    _journal(tmp_path / "logs", deep)
-    out = run_cli("sync", "sweep").stdout
-    assert f"re-logged 1 records of {Path('sweep') / '3'} into MLflow run {run_id}" in out
-    proc = run_cli("sync", "logs", check=False)  # three levels down: not this run's, nor its jobs'
+    _journal(tmp_path / "logs", deep, store_template)
+    # Two syncs at once: each reads its own folder (the second finds nothing to write).
+    in_sweep, proc = run_parallel((tmp_path, ["sync", "sweep"]), (tmp_path, ["sync", "logs"]), check=False)
+    assert in_sweep.returncode == 0, in_sweep.stderr
+    assert f"re-logged 1 records of {Path('sweep') / '3'} into MLflow run {run_id}" in in_sweep.stdout
+    # three levels down: not this run's, nor its jobs'
     assert proc.returncode == 2
     assert errors(proc.stderr) == [
         "ssmoe: error: logs: no mlflow_offline.jsonl (nothing was kept offline); nothing to sync"
