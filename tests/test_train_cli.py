@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import FAST, search_runs
+from conftest import FAST, run_parallel, search_runs
 
 CONTRACT = [
     "train/loss",
@@ -25,7 +25,7 @@ CONTRACT = [
 
 
 @pytest.mark.slow
-def test_digits_run_logs_the_contract(run_cli, tmp_path):
+def test_digits_run_logs_the_contract(run_cli, tmp_path, mlflow_db):
     proc = run_cli(
         "train",
         "model=fcl",
@@ -64,20 +64,27 @@ def test_digits_run_logs_the_contract(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_same_result(run_cli, tmp_path):
-    args = ["train", "model=fcl", "data=synthetic", "model.hidden=[32]", "logger=none", *FAST]
-    outs = [run_cli(*args, "seed=3").stdout for _ in range(2)]
-    other = run_cli(*args, "seed=4", "trainer.max_epochs=2").stdout
+def test_same_seed_same_result(tmp_path):
+    # Three runs at once, one thread each: a result must not depend on what else the machine is doing.
+    args = ["train", "model=fcl", "data=synthetic", "model.hidden=[32]", "logger=none", "threads=1", *FAST]
+    first, second, other = (
+        proc.stdout
+        for proc in run_parallel(
+            (tmp_path, [*args, "seed=3"]),
+            (tmp_path, [*args, "seed=3"]),
+            (tmp_path, [*args, "seed=4", "trainer.max_epochs=2"]),
+        )
+    )
 
     def acc(text: str) -> str:
         return next(line for line in text.splitlines() if "test accuracy" in line)
 
-    assert acc(outs[0]) == acc(outs[1])
+    assert acc(first) == acc(second)
     assert "test accuracy" in other
 
 
 @pytest.mark.slow
-def test_multirun_puts_jobs_in_one_experiment(run_cli, tmp_path):
+def test_multirun_puts_jobs_in_one_experiment(run_cli, tmp_path, mlflow_db):
     run_cli("train", "-m", "model=fcl", "data=synthetic", "model.hidden=[16]", "seed=0,1", *FAST)
     runs = search_runs(tmp_path)
     assert len(runs) == 2 and set(runs["params.seed"]) == {"0", "1"}
@@ -86,7 +93,7 @@ def test_multirun_puts_jobs_in_one_experiment(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_missing_data_is_one_line_and_a_failed_run(run_cli, tmp_path):
+def test_missing_data_is_one_line_and_a_failed_run(run_cli, tmp_path, mlflow_db):
     proc = run_cli(
         "train",
         "data=fashion_mnist",  # data.root unset: the cache (in tmp_path, see cli_env) holds no copy
