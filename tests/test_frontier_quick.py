@@ -1,0 +1,65 @@
+"""`experiment=frontier_quick` end to end through the real CLI: the CI-sized budget sweep (issue 11), every
+job FINISHED at exactly its budget, then `ssmoe report` over it."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from conftest import search_runs
+
+MODELS = ("fcl", "sgmoe", "ptsne_moe")
+METHODS = ("magnitude", "random")
+BUDGETS = (12653, 3163)  # 4x and 16x fewer nonzero than the digits FCL 64-300-100-10 (50,610)
+SEEDS = (0, 1)
+
+
+@pytest.mark.slow
+def test_frontier_quick_reaches_every_budget_exactly_and_reports(run_cli, tmp_path, mlflow_db):
+    proc = run_cli("train", "-m", "experiment=frontier_quick", timeout=600)
+    jobs = len(MODELS) * len(METHODS) * len(BUDGETS) * len(SEEDS)
+    assert f"sweep finished: {jobs} job(s), none failed" in proc.stdout, proc.stdout[-2000:]
+
+    runs = search_runs(tmp_path, "frontier_quick")
+    assert len(runs) == jobs and set(runs.status) == {"FINISHED"}
+    keys = ["tags.model", "tags.prune", "params.prune.target_nonzero", "params.seed"]
+    grid = set(runs[keys].itertuples(index=False, name=None))
+    expected = itertools.product(MODELS, METHODS, map(str, BUDGETS), map(str, SEEDS))
+    assert grid == set(expected)
+    # The budget is the whole model's nonzero inference parameters, exactly, gate included.
+    assert (runs["metrics.params/nonzero"] == runs["params.prune.target_nonzero"].astype(int)).all()
+    assert set(runs["params.prune.targets"]) == {"['hidden', 'output', 'route', 'gate']"}
+    assert set(runs["params.trainer.max_epochs"]) == {"6"} and set(runs["params.threads"]) == {"1"}
+    moe = runs[runs["tags.model"] != "fcl"]
+    assert (moe["metrics.params/active_per_sample"] < moe["metrics.params/nonzero"]).all()  # k of 8 experts
+
+    report = run_cli("report", "--experiment", "frontier_quick", timeout=600)
+    out = " ".join(report.stdout.split())  # the terminal wraps long lines
+    assert f"12 configuration(s) from {jobs} run(s) in experiment(s) 'frontier_quick'" in out
+    assert "Trade-off curves" in out and "Pareto frontier" in out and "Iso-accuracy ratios" in out
+    for model, method in itertools.product(MODELS, METHODS):
+        assert f"{model} / {method}" in out
+    plots = {path.name for path in (tmp_path / "reports" / "frontier_quick").glob("*.png")}
+    assert {"tradeoff_nonzero.png", "tradeoff_active.png", "tradeoff_flops.png"} <= plots
+
+
+@pytest.mark.parametrize("method", ["magnitude", "obd", "random", "stochasticnet"])
+def test_frontier_composes_every_method_with_its_schedule(run_cli, method):
+    import yaml
+
+    job = yaml.safe_load(run_cli("train", "experiment=frontier", f"frontier_method={method}", "--cfg", "job").stdout)
+    prune = job["prune"]
+    assert prune["_target_"].split(".")[-2] == method and prune["targets"] == ["hidden", "output", "route", "gate"]
+    assert job["data"]["_target_"].endswith("FashionMNIST") and job["trainer"]["max_epochs"] == 6
+    schedule = {key: prune.get(key) for key in ("schedule", "rounds", "start", "every", "min_retrain")}
+    if method == "stochasticnet":  # drawn before training: no schedule, which it would refuse
+        assert set(schedule.values()) == {None}
+    else:  # rounds after epochs 2, 3 and 4, then 2 of retraining: the 6 epochs
+        assert schedule == {"schedule": "iterative", "rounds": 3, "start": 2, "every": 1, "min_retrain": 2}
+
+
+def test_frontier_sweeps_the_documented_grid(run_cli):
+    out = run_cli("train", "experiment=frontier", "--cfg", "hydra").stdout
+    assert "model: fcl,sgmoe,ptsne_moe" in out and "frontier_method: magnitude,obd,stochasticnet,random" in out
+    assert "prune.target_nonzero: 266610,133305,66653,33326,16663,8332" in out and "seed: 0,1,2" in out
+    assert "hydra_plugins.hydra_joblib_launcher" in out and "n_jobs: 2" in out
