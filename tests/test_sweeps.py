@@ -25,7 +25,7 @@ def test_slurm_and_optuna_configs_compose(run_cli):
 
 
 @pytest.mark.slow
-def test_quick_grid_with_joblib_runs_every_job_in_parallel(run_cli, tmp_path):
+def test_quick_grid_with_joblib_runs_every_job_in_parallel(run_cli, tmp_path, mlflow_db):
     proc = run_cli(
         "train",
         "-m",
@@ -51,7 +51,7 @@ def test_quick_grid_with_joblib_runs_every_job_in_parallel(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_with_skip_finished_does_not_train_again(run_cli, tmp_path):
+def test_rerun_with_skip_finished_does_not_train_again(run_cli, tmp_path, mlflow_db):
     args = ["train", "-m", *SYNTH, "seed=0,1", "skip_finished=true", *FAST]
     run_cli(*args)
     again = run_cli(*args)
@@ -62,7 +62,7 @@ def test_rerun_with_skip_finished_does_not_train_again(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_on_cpu_with_two_processes_logs_one_run(run_cli, tmp_path):
+def test_ddp_on_cpu_with_two_processes_logs_one_run(run_cli, tmp_path, mlflow_db):
     proc = run_cli(
         "train",
         "trainer=ddp",
