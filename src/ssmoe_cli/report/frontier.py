@@ -94,7 +94,10 @@ def build_series(groups: Sequence[Group], keys: Sequence[str]) -> list[Series]:
             [str(first.model), str(first.prune)]
             + [f"{names.get(k, k)}={v}" for k, v in key if k not in BASE_KEYS and v is not None]
         )
-        pts = [Point(g, tuple((k, g.value(k)) for k in budget)) for g in members]
+        # Only the budget keys that vary within the series: with prune.target_nonzero swept, the
+        # target_sparsity (or density) every point also carries is ignored by training, never a budget.
+        varying = [k for k in budget if len({g.value(k) for g in members}) > 1] or budget
+        pts = [Point(g, tuple((k, g.value(k)) for k in varying)) for g in members]
         pts.sort(key=lambda p: -(p.x(PARAMS_NONZERO) or 0.0))  # stable: unmeasured ones keep their order
         out.append(Series(label, key, pts))
     return out
