@@ -13,26 +13,66 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, cli_env, errors, search_runs
+from conftest import FAST, cli_env, errors, run_parallel, search_runs
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
+FM_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> dict:
+    """Five faulty commands, each in a folder of its own with an existing store, run at once (they share
+    nothing): name -> (folder, completed process)."""
+    import argparse
+
+    import torch
+
+    root = tmp_path_factory.mktemp("faults")
+    fm = root / "corrupt" / "fm"
+    fm.mkdir(parents=True)
+    for name in FM_FILES:
+        (fm / name).write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + bytes(10)))
+    (fm / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    (root / "unsafe").mkdir()
+    foreign = root / "unsafe" / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=1.0)}, foreign)  # pickles a class
+    quiet = ["trainer.enable_progress_bar=false", *FAST[1:]]
+    commands = {  # one thread each: five processes share the cores
+        "nan": ["train", *SYNTH, "threads=1", "optim.lr=1e30", "trainer.max_epochs=3", *quiet],
+        "corrupt": [
+            "train",
+            "threads=1",
+            "model=fcl",
+            "data=fashion_mnist",
+            f"data.root={fm}",
+            "data.download=false",
+            *FAST,
+        ],
+        "sweep": ["train", "-m", *SYNTH, "threads=1", "optim.lr=1e-3,1e30", "trainer.max_epochs=2", *quiet],
+        "unsafe": ["train", *SYNTH, "threads=1", f"ckpt_path={foreign}", *FAST],
+        "no_ckpt": ["train", *SYNTH, "threads=1", "ckpt_path=last", *FAST],
+    }
+    for name in commands:
+        (root / name).mkdir(exist_ok=True)
+        shutil.copyfile(store_template, root / name / "mlflow.db")
+    done = run_parallel(*((root / name, args) for name, args in commands.items()), check=False)
+    return {name: (root / name, proc) for name, proc in zip(commands, done, strict=True)}
+
+
 @pytest.mark.slow
-def test_nan_loss_stops_the_run_failed_with_step_and_keeps_the_checkpoint(run_cli, tmp_path, mlflow_db):
-    proc = run_cli(
-        "train",
-        *SYNTH,
-        "optim.lr=1e30",
-        "trainer.max_epochs=3",
-        "trainer.enable_progress_bar=false",
-        *FAST[1:],
-        check=False,
-    )
+def test_nan_loss_stops_the_run_failed_with_step_and_keeps_the_checkpoint(faults):
+    folder, proc = faults["nan"]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = errors(proc.stderr)
     assert "training loss became" in line and "at step" in line
-    run = search_runs(tmp_path).iloc[0]
+    run = search_runs(folder).iloc[0]
     assert run.status == "FAILED" and "training loss became" in run["tags.error"]
     assert int(run["tags.failed_step"]) >= 0
 
@@ -51,42 +91,37 @@ def test_unreachable_tracking_server_fails_fast_before_training(run_cli, tmp_pat
     assert not list(tmp_path.glob("logs/train/runs/*/checkpoints"))  # nothing trained
 
 
-def test_corrupt_data_file_names_the_file(run_cli, tmp_path, mlflow_db):
-    root = tmp_path / "fm"
-    root.mkdir()
-    for name in (
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    ):
-        (root / name).write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + bytes(10)))
-    (root / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
-    proc = run_cli(
-        "train", "model=fcl", "data=fashion_mnist", f"data.root={root}", "data.download=false", *FAST, check=False
-    )
+def test_corrupt_data_file_names_the_file(faults):
+    folder, proc = faults["corrupt"]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = errors(proc.stderr)
     assert "train-images-idx3-ubyte.gz" in line
-    assert search_runs(tmp_path).iloc[0].status == "FAILED"
+    assert search_runs(folder).iloc[0].status == "FAILED"
 
 
 @pytest.mark.slow
-def test_a_failing_job_does_not_stop_the_sweep_and_is_named(run_cli, tmp_path, mlflow_db):
-    proc = run_cli(
-        "train",
-        "-m",
-        *SYNTH,
-        "optim.lr=1e-3,1e30",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        *FAST[1:],
-        check=False,
-    )
+def test_a_failing_job_does_not_stop_the_sweep_and_is_named(faults):
+    folder, proc = faults["sweep"]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "1 of 2 job(s) FAILED" in proc.stderr and "job #1 [" in proc.stderr and "optim.lr=1e+30" in proc.stderr
-    runs = search_runs(tmp_path)
+    runs = search_runs(folder)
     assert sorted(runs.status) == ["FAILED", "FINISHED"]
+
+
+def test_a_checkpoint_that_is_not_weights_only_is_refused_as_unsafe(faults):
+    folder, proc = faults["unsafe"]
+    path = folder / "foreign.ckpt"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr
+    (line,) = errors(proc.stderr)
+    assert line.startswith(f"ssmoe: error: checkpoint {path} refused as unsafe") and "argparse.Namespace" in line
+    assert search_runs(folder).empty  # refused before any run was started or resumed
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_one_line(faults):
+    _, proc = faults["no_ckpt"]
+    assert proc.returncode == 2
+    (line,) = errors(proc.stderr)
+    assert "ckpt_path=last: no unfinished run of this config" in line
 
 
 @pytest.mark.slow
@@ -156,27 +191,6 @@ def test_killed_run_resumes_into_the_same_run_and_reaches_the_same_result(run_cl
     runs = search_runs(tmp_path)
     assert len(runs) == 1 and runs.iloc[0].status == "FINISHED" and runs.iloc[0]["tags.resumed"] == "true"
     assert _final_acc(resumed.stdout) == _final_acc((reference / "stdout").read_text())
-
-
-def test_a_checkpoint_that_is_not_weights_only_is_refused_as_unsafe(run_cli, tmp_path, mlflow_db):
-    import argparse
-
-    import torch
-
-    path = tmp_path / "foreign.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=1.0)}, path)  # pickles a class
-    proc = run_cli("train", *SYNTH, f"ckpt_path={path}", *FAST, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr
-    (line,) = errors(proc.stderr)
-    assert line.startswith(f"ssmoe: error: checkpoint {path} refused as unsafe") and "argparse.Namespace" in line
-    assert search_runs(tmp_path).empty  # refused before any run was started or resumed
-
-
-def test_ckpt_path_last_without_a_checkpoint_is_one_line(run_cli, mlflow_db):
-    proc = run_cli("train", *SYNTH, "ckpt_path=last", *FAST, check=False)
-    assert proc.returncode == 2
-    (line,) = errors(proc.stderr)
-    assert "ckpt_path=last: no unfinished run of this config" in line
 
 
 def journal_records(path: Path) -> list[dict]:

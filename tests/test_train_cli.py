@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import yaml
 from conftest import FAST, run_parallel, search_runs
@@ -24,17 +27,38 @@ CONTRACT = [
 ]
 
 
+@pytest.fixture(scope="module")
+def runs_at_once(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> dict:
+    """The commands of this module, each in a folder of its own (an existing store in each), run at once
+    with one thread each: name -> (folder, completed process)."""
+    root = tmp_path_factory.mktemp("train_cli")
+    seeded = ["train", "model=fcl", "data=synthetic", "model.hidden=[32]", "logger=none", "threads=1", *FAST]
+    commands = {
+        "contract": ["train", "model=fcl", "data=digits", "trainer.max_epochs=3", "seed=1", "threads=1"]
+        + ["trainer.enable_progress_bar=false", *FAST[1:]],
+        "seed3": [*seeded, "seed=3"],
+        "seed3_again": [*seeded, "seed=3"],
+        "seed4": [*seeded, "seed=4", "trainer.max_epochs=2"],
+        "multirun": ["train", "-m", "model=fcl", "data=synthetic", "model.hidden=[16]", "seed=0,1", "threads=1"] + FAST,
+        # data.root unset: the cache (in the folder, see cli_env) holds no copy
+        "missing": ["train", "data=fashion_mnist", "data.system_dir=null", "data.download=false", "threads=1", *FAST],
+    }
+    for name in commands:
+        (root / name).mkdir()
+        shutil.copyfile(store_template, root / name / "mlflow.db")
+    done = run_parallel(*((root / name, args) for name, args in commands.items()), check=False)
+    return {name: (root / name, proc) for name, proc in zip(commands, done, strict=True)}
+
+
+def finished(runs_at_once: dict, name: str):
+    folder, proc = runs_at_once[name]
+    assert proc.returncode == 0, proc.stderr
+    return folder, proc
+
+
 @pytest.mark.slow
-def test_digits_run_logs_the_contract(run_cli, tmp_path, mlflow_db):
-    proc = run_cli(
-        "train",
-        "model=fcl",
-        "data=digits",
-        "trainer.max_epochs=3",
-        "seed=1",
-        "trainer.enable_progress_bar=false",
-        *FAST[1:],
-    )
+def test_digits_run_logs_the_contract(runs_at_once):
+    tmp_path, proc = finished(runs_at_once, "contract")
     assert "ssmoe train: results" in proc.stdout and "mlflow ui" in proc.stdout
     runs = search_runs(tmp_path)
     assert len(runs) == 1
@@ -64,17 +88,9 @@ def test_digits_run_logs_the_contract(run_cli, tmp_path, mlflow_db):
 
 
 @pytest.mark.slow
-def test_same_seed_same_result(tmp_path):
-    # Three runs at once, one thread each: a result must not depend on what else the machine is doing.
-    args = ["train", "model=fcl", "data=synthetic", "model.hidden=[32]", "logger=none", "threads=1", *FAST]
-    first, second, other = (
-        proc.stdout
-        for proc in run_parallel(
-            (tmp_path, [*args, "seed=3"]),
-            (tmp_path, [*args, "seed=3"]),
-            (tmp_path, [*args, "seed=4", "trainer.max_epochs=2"]),
-        )
-    )
+def test_same_seed_same_result(runs_at_once):
+    # The three ran at the same time as other runs: a result must not depend on what else the machine does.
+    first, second, other = (finished(runs_at_once, name)[1].stdout for name in ("seed3", "seed3_again", "seed4"))
 
     def acc(text: str) -> str:
         return next(line for line in text.splitlines() if "test accuracy" in line)
@@ -84,24 +100,16 @@ def test_same_seed_same_result(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_puts_jobs_in_one_experiment(run_cli, tmp_path, mlflow_db):
-    run_cli("train", "-m", "model=fcl", "data=synthetic", "model.hidden=[16]", "seed=0,1", *FAST)
-    runs = search_runs(tmp_path)
+def test_multirun_puts_jobs_in_one_experiment(runs_at_once):
+    runs = search_runs(finished(runs_at_once, "multirun")[0])
     assert len(runs) == 2 and set(runs["params.seed"]) == {"0", "1"}
     assert set(runs.status) == {"FINISHED"}
     assert runs["tags.sweep_id"].nunique() == 1 and sorted(runs["tags.job_num"]) == ["0", "1"]
 
 
 @pytest.mark.slow
-def test_missing_data_is_one_line_and_a_failed_run(run_cli, tmp_path, mlflow_db):
-    proc = run_cli(
-        "train",
-        "data=fashion_mnist",  # data.root unset: the cache (in tmp_path, see cli_env) holds no copy
-        "data.system_dir=null",
-        "data.download=false",
-        *FAST,
-        check=False,
-    )
+def test_missing_data_is_one_line_and_a_failed_run(runs_at_once):
+    tmp_path, proc = runs_at_once["missing"]
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ssmoe: error:")]
