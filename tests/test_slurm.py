@@ -75,7 +75,7 @@ def wait_for(
 
 
 @pytest.mark.slow
-def test_sweep_runs_each_job_as_a_slurm_job(slurm: SlurmCluster, tmp_path: Path):
+def test_sweep_runs_each_job_as_a_slurm_job(slurm: SlurmCluster, tmp_path: Path, mlflow_db: Path):
     # One CPU each, so that both jobs of the array run at once on a small node.
     sweep = ["train", "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "seed=0,1", *TINY]
     code, out, err = finish(slurm, ssmoe(slurm, tmp_path, *sweep))
@@ -98,7 +98,9 @@ def test_sweep_runs_each_job_as_a_slurm_job(slurm: SlurmCluster, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_scancel_mid_training_ends_killed_with_a_checkpoint_and_resumes(slurm: SlurmCluster, tmp_path: Path):
+def test_scancel_mid_training_ends_killed_with_a_checkpoint_and_resumes(
+    slurm: SlurmCluster, tmp_path: Path, mlflow_db: Path
+):
     # Enough epochs that the job is still training when scancel arrives after the first checkpoint.
     epochs = 15
     args = ["train", "-m", "hydra/launcher=slurm", "seed=0", f"trainer.max_epochs={epochs}", *TINY]
