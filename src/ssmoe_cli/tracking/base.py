@@ -68,6 +68,10 @@ class NullTracker:
     experiment_name: str | None = None
     remote = False
 
+    def __init__(self, **settings: Any) -> None:
+        """Takes and ignores the other loggers' settings: an experiment config that names its MLflow
+        experiment (logger.experiment_name=paper) must still run with logger=none."""
+
     def start(self, config: Mapping[str, Any], tags: Mapping[str, str], run_name: str | None = None) -> None:
         pass
 

@@ -24,6 +24,14 @@ FAILED_MARKER = "FAILED"  # written into a failed sweep job's output directory
 def main(args: list[str]) -> int:
     """Run the Hydra app on the given overrides (the `ssmoe train` subcommand)."""
     quiet_third_party()
+    if {"-m", "--multirun"} & set(args) and {"-c", "--cfg", "--info"} & {a.split("=")[0] for a in args}:
+        # Hydra would raise its own ValueError (a traceback); say what works instead.
+        print(
+            "ssmoe: error: --cfg/--info print one job's config and cannot be combined with -m: drop -m to see "
+            "a job (ssmoe train experiment=frontier --cfg job), or --cfg hydra to see the sweep's parameters",
+            file=sys.stderr,
+        )
+        return 2
     # Hydra parses sys.argv itself: hand it the overrides without the subcommand word. DDP workers
     # re-run that command line; the environment tells the CLI it is `train` again.
     sys.argv = [sys.argv[0], *args]
