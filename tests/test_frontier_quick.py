@@ -4,9 +4,10 @@ job FINISHED at exactly its budget, then `ssmoe report` over it."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
-from conftest import search_runs
+from conftest import run_parallel, search_runs
 
 MODELS = ("fcl", "sgmoe", "ptsne_moe")
 METHODS = ("magnitude", "random")
@@ -33,9 +34,19 @@ def test_frontier_quick_reaches_every_budget_exactly_and_reports(run_cli, tmp_pa
     moe = runs[runs["tags.model"] != "fcl"]
     assert (moe["metrics.params/active_per_sample"] < moe["metrics.params/nonzero"]).all()  # k of 8 experts
 
+    # The dense reference: the unpruned FCL (frontier_method=none), one run per seed, beside the sweep.
+    run_parallel(*[(tmp_path, ["train", "experiment=frontier_quick", "frontier_method=none", "model=fcl", f"seed={s}"])
+                   for s in SEEDS])  # fmt: skip
+    report = run_cli("report", "--experiment", "frontier_quick", "--format", "json", timeout=600)
+    (tradeoff,) = json.loads(report.stdout)["tradeoffs"]
+    assert tradeoff["reference"]["configurations"] == ["fcl / none"]  # the controls are the dense reference
+    ratios = tradeoff["iso_ratios"]
+    # (a) vs the dense FCL, (b) vs the best pruned FCL, (c) vs SGMoE, each on nonzero and active parameters.
+    assert len(ratios) == 6
+    assert all(r["status"] in ("supported", "not supported", "not measurable") and r["reason"] for r in ratios)
     report = run_cli("report", "--experiment", "frontier_quick", timeout=600)
     out = " ".join(report.stdout.split())  # the terminal wraps long lines
-    assert f"12 configuration(s) from {jobs} run(s) in experiment(s) 'frontier_quick'" in out
+    assert f"13 configuration(s) from {jobs + len(SEEDS)} run(s) in experiment(s) 'frontier_quick'" in out
     assert "Trade-off curves" in out and "Pareto frontier" in out and "Iso-accuracy ratios" in out
     for model, method in itertools.product(MODELS, METHODS):
         assert f"{model} / {method}" in out
