@@ -107,6 +107,21 @@ def run_parallel(
     return done
 
 
+def run_in_folders(
+    root: Path, commands: dict[str, list[str]], store: Path | None = None
+) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Each named command in root/<name> (with a copy of `store` as its mlflow.db when given), all at
+    once and unchecked: name -> (folder, completed process)."""
+    import shutil
+
+    for name in commands:
+        (root / name).mkdir(exist_ok=True)
+        if store is not None:
+            shutil.copyfile(store, root / name / "mlflow.db")
+    done = run_parallel(*((root / name, args) for name, args in commands.items()), check=False)
+    return {name: (root / name, proc) for name, proc in zip(commands, done, strict=True)}
+
+
 def errors(stderr: str) -> list[str]:
     """The `ssmoe: error:` lines of a command's stderr (each problem is exactly one such line)."""
     return [line for line in stderr.splitlines() if line.startswith("ssmoe: error:")]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, cli_env, errors, run_parallel, search_runs
+from conftest import FAST, cli_env, errors, run_in_folders, search_runs
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
@@ -59,11 +59,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> di
         "unsafe": ["train", *SYNTH, "threads=1", f"ckpt_path={foreign}", *FAST],
         "no_ckpt": ["train", *SYNTH, "threads=1", "ckpt_path=last", *FAST],
     }
-    for name in commands:
-        (root / name).mkdir(exist_ok=True)
-        shutil.copyfile(store_template, root / name / "mlflow.db")
-    done = run_parallel(*((root / name, args) for name, args in commands.items()), check=False)
-    return {name: (root / name, proc) for name, proc in zip(commands, done, strict=True)}
+    return run_in_folders(root, commands, store_template)
 
 
 @pytest.mark.slow

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAST, run_parallel, search_runs
+from conftest import FAST, run_in_folders, search_runs
 
 CONTRACT = [
     "train/loss",
@@ -43,11 +42,7 @@ def runs_at_once(tmp_path_factory: pytest.TempPathFactory, store_template: Path)
         # data.root unset: the cache (in the folder, see cli_env) holds no copy
         "missing": ["train", "data=fashion_mnist", "data.system_dir=null", "data.download=false", "threads=1", *FAST],
     }
-    for name in commands:
-        (root / name).mkdir()
-        shutil.copyfile(store_template, root / name / "mlflow.db")
-    done = run_parallel(*((root / name, args) for name, args in commands.items()), check=False)
-    return {name: (root / name, proc) for name, proc in zip(commands, done, strict=True)}
+    return run_in_folders(root, commands, store_template)
 
 
 def finished(runs_at_once: dict, name: str):
