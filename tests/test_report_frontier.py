@@ -171,14 +171,21 @@ def test_a_ratio_whose_interval_includes_one_is_not_supported():
     assert b.status == "not supported" and b.reason.endswith("the interval includes 1")
 
 
-def test_bounded_or_single_seed_budgets_are_not_measurable():
+def test_a_bound_decides_only_when_its_interval_is_on_one_side_of_1_and_single_seeds_never():
     flat = [0.889] * 6  # within tolerance down to the smallest budget: the iso budget is only bounded
     report, t = analyse(frontier_runs(ptsne=flat))
     assert "compression ratio of >= 32.00x (only bounded) over the dense fcl" in report.findings[0].sentence
     a = t.ratio("dense")
-    assert a.status == "not measurable" and a.value is None and a.low == pytest.approx(266610 / 8332)
+    assert a.value is None and a.low == pytest.approx(266610 / 8332) and math.isinf(a.high)
     assert "ptsne_moe / obd stays within tolerance down to its smallest budget (8,332)" in a.reason
-    assert "ratio is only known as >= 32.00x: measure smaller budgets" in a.reason
+    # At least 32x, and every replicate's range is above 1 too: the bound decides the claim.
+    assert a.status == "supported" and "only known as >= 32.00x [32.00, inf]: the whole interval is above 1" in a.reason
+    # Turned around (sgmoe proposed, against a ptsne_moe that stays accurate down to 8,332): the ratio is at
+    # most 8,332 / sgmoe's iso budget, below 1 in every replicate: the bound refutes the claim.
+    roles = Roles(proposed=Role.parse("sgmoe"), versus=Role.parse("ptsne_moe"))
+    _, turned = analyse(frontier_runs(ptsne=flat), roles=roles)
+    c = turned.ratio("versus")
+    assert c.status == "not supported" and c.high < 1 and "the whole interval is below 1" in c.reason
     _, single = analyse(frontier_runs(noise=(0.0,)))
     assert all(r.status == "not measurable" and "fewer than 2 seeds" in r.reason for r in single.ratios)
 

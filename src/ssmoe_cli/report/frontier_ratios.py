@@ -12,8 +12,11 @@ params/nonzero and params/active_per_sample, three ratios (report/frontier_iso.p
 seeds (B = 2000, fixed RNG seed): the seeds of every configuration (and of the reference) are
 resampled independently, then A, every iso budget, both minima and the ratio are computed again, so
 the choice of the best series is part of what is resampled. Verdict: supported when the interval's
-lower end is above 1; not supported when it reaches 1 or below; not measurable when a budget of the
-point estimate is not reached or only bounded, or when a configuration involved has fewer than 2 seeds.
+lower end is above 1; not supported when it reaches 1 or below; not measurable when a configuration
+involved has fewer than 2 seeds. When a budget of the point estimate is only bounded (a curve stays
+within tolerance down to its smallest budget) or not reached, the ratio is a range and its interval
+carries each replicate's range: the claim is still decided when that interval lies wholly above 1
+(supported) or wholly below it (not supported), and is otherwise not measurable.
 """
 
 from __future__ import annotations
@@ -215,7 +218,19 @@ def iso_ratio(
         said = " and ".join(f"{d.label} {_WHY[d.iso.state][0]} ({_count(d.iso.value)})" for d in open_sides)
         more = " or ".join(dict.fromkeys(_WHY[d.iso.state][1] for d in open_sides))
         known = "unknown" if low == 0 and math.isinf(high) else f"only known as {ratio_text(low, high)}"
-        r.reason = f"{base}, on {noun}: {said}, so the ratio is {known}: measure {more} budgets"
+        r.reason = f"{base}, on {noun}: {said}, so the ratio is {known}"
+        # A bound still decides the claim when all it allows (and its bootstrap interval, which carries
+        # each replicate's range) lies on one side of 1: e.g. the pruned dense model stays accurate down
+        # to its smallest budget, which is already below the proposed model's iso budget.
+        decided = not _few_seeds(ref, (p.side, o.side), x)
+        if decided and interval.low > 1:
+            r.status = "supported"
+            r.reason += f" {interval_text(interval)}: the whole interval is above 1"
+        elif decided and interval.high < 1:
+            r.status = "not supported"
+            r.reason += f" {interval_text(interval)}: the whole interval is below 1"
+        else:
+            r.reason += f": measure {more} budgets"
         return r
     shares = "; ".join(f"{k} in {100 * v:.1f}%" for k, v in fractions.items() if v > 0)
     boot = f"bootstrap over seeds, B={interval.replicates}" + (f"; {shares} of replicates" if shares else "")
