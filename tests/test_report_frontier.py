@@ -312,11 +312,3 @@ def test_one_plot_per_cost_is_written_beside_the_report_plots(tmp_path):
     metrics = claim_metrics(report)
     assert metrics["claims/iso_nonzero_vs_fcl"] == pytest.approx(report.tradeoffs[0].ratio("dense").value)
     assert metrics["claims/iso_active_vs_pruned_fcl_ci95_low"] > 1 and "claims/iso_nonzero_vs_sgmoe" in metrics
-
-
-def test_blank_1_takes_the_unpruned_dense_budget_as_its_reference_in_a_budget_sweep():
-    report, _ = analyse(frontier_runs())  # no prune=none runs: the FCL at the 1x budget is the dense network
-    blank = report.findings[0].compression
-    assert blank.reference is not None and blank.reference.label.startswith("fcl / ")
-    assert blank.reference.mean("prune/sparsity") == 0.0
-    assert "no dense fcl runs" not in blank.claim.reason

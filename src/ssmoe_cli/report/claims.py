@@ -23,11 +23,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ssmoe_cli.metrics import PARAMS_NONZERO, PRUNE_SPARSITY, RATIO_VS_FCL, TEST_ACC
+from ssmoe_cli.metrics import PARAMS_NONZERO, RATIO_VS_FCL, TEST_ACC
 from ssmoe_cli.report.experts import MEASURES, compare
 from ssmoe_cli.report.intervals import Paired, paired_differences
 from ssmoe_cli.report.records import PARAM, Group, Key
-from ssmoe_cli.report.roles import Role, Roles, size_phrase
+from ssmoe_cli.report.roles import Roles, size_phrase
 from ssmoe_cli.report.selection import SELECT_BY, WHY_VALIDATION, best, fmt_acc, selectable
 from ssmoe_cli.report.verdicts import Claim, ci_text, paired_claim
 from ssmoe_cli.report.verdicts import Status as Status  # re-exported: build.py and frontier*.py import it here
@@ -118,9 +118,8 @@ def _missing(groups: Sequence[Group]) -> str:
 def compression_vs_dense(groups: Sequence[Group], tolerance: float, roles: Roles = Roles()) -> CompressionBlank:
     """Blank 1: percent fewer nonzero parameters of the proposed model than the dense baseline, at similar accuracy.
 
-    Reference: a dense-role group (without one, e.g. in a budget sweep: a dense-model group with
-    nothing pruned, prune/sparsity 0); if several, the one whose compression/ratio_vs_fcl is closest
-    to 1 (the baseline network itself), then the most runs. Candidates: proposed-role groups with mean
+    Reference: a dense-role group; if several, the one whose compression/ratio_vs_fcl is closest to 1
+    (the baseline network itself), then the most runs. Candidates: proposed-role groups with mean
     val/acc >= the reference's mean val/acc - tolerance/100. Chosen: the candidate with the fewest
     mean params/nonzero, then the higher mean val/acc. Blank: 100 * (1 - nz_chosen / nz_reference).
     Supported when a candidate exists and it has fewer nonzero parameters than the reference. The
@@ -129,9 +128,6 @@ def compression_vs_dense(groups: Sequence[Group], tolerance: float, roles: Roles
     dense, proposed = roles.dense, roles.proposed
     name = f"compression vs dense {dense}"
     refs_all = [g for g in groups if dense.matches(g)]
-    if not refs_all:  # a budget sweep: the dense model at its full budget (nothing pruned) is that network
-        unpruned = Role(dense.model, tuple((k, v) for k, v in dense.where if k != "prune"))
-        refs_all = [g for g in groups if unpruned.matches(g) and g.mean(PRUNE_SPARSITY) == 0.0]
     cands = [g for g in groups if proposed.matches(g)]
     refs = [g for g in refs_all if g.mean(NONZERO) is not None]
     # The reference is the baseline network whatever its accuracies: never re-chosen on accuracy.
