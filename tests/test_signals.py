@@ -99,7 +99,9 @@ def test_a_sigterm_while_the_job_closes_its_run_is_recorded_not_raised():
 
 def test_ctrl_c_before_training_is_one_line_not_a_traceback(tmp_path):
     proc, err = start_train(tmp_path, *SYNTH, *FAST)
-    time.sleep(1.0)  # still importing or composing: no run exists yet
+    # Hydra has composed the config and made the run's folder: past Python's start-up (a signal there
+    # cannot be caught by any code of ours), still importing torch and Lightning, before training.
+    wait_for(proc, lambda: list(tmp_path.glob("logs/train/runs/*")), "the run's folder", timeout=60)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     stderr = err.read_text()
