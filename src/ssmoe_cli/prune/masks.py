@@ -115,6 +115,15 @@ def allocate(total: int, sizes: Sequence[int], floors: Sequence[int]) -> list[in
     return [min(parts[i], sizes[i]) for i in range(len(sizes))]
 
 
+def check_budget(target_nonzero: object) -> int | None:
+    """prune.target_nonzero as given: null, or a whole number >= 1 (ValueError otherwise)."""
+    if target_nonzero is not None and (
+        isinstance(target_nonzero, bool) or not isinstance(target_nonzero, int) or target_nonzero < 1
+    ):
+        raise ValueError(f"prune.target_nonzero={target_nonzero!r} must be a whole number >= 1 (or null)")
+    return target_nonzero
+
+
 def fixed_nonzero(model: nn.Module, layers: Mapping[str, Masked]) -> int:
     """Nonzero inference parameters outside the weights of `layers` (biases, untargeted layers,
     float buffers): what a budget must leave room for. Untargeted masked weights count by their mask

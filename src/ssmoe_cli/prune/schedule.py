@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ssmoe_cli.errors import SsmoeError
+from ssmoe_cli.prune.masks import check_budget
 
 SCHEDULES = ("oneshot", "iterative", "gradual")
 UNITS = ("epoch", "step")
@@ -64,10 +65,7 @@ class Schedule:
             )
         if self.min_retrain < 0:
             raise ValueError(f"prune.min_retrain={self.min_retrain} must be >= 0")
-        if self.target_nonzero is not None and (
-            isinstance(self.target_nonzero, bool) or not isinstance(self.target_nonzero, int) or self.target_nonzero < 1
-        ):
-            raise ValueError(f"prune.target_nonzero={self.target_nonzero!r} must be a whole number >= 1 (or null)")
+        check_budget(self.target_nonzero)
 
     def for_sparsity(self, target: float) -> Schedule:
         """This schedule with final sparsity `target` (a budget resolved on a model). One-line

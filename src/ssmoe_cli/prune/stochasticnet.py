@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.models.base import Routing, routing_of
-from ssmoe_cli.prune.callback import PruneContext, PruningCallback, network_of
+from ssmoe_cli.prune.callback import PruneContext, PruningCallback
 from ssmoe_cli.prune.masks import (
     DEFAULT_TARGETS,
     allocate,
     apply_masks,
     budget_sparsity,
+    check_budget,
     check_scope,
     target_layers,
 )
@@ -141,10 +141,6 @@ class StochasticNet(PruningCallback):
     ) -> None:
         super().__init__(targets=targets)
         self.scope = check_scope(scope)
-        if target_nonzero is not None and (
-            isinstance(target_nonzero, bool) or not isinstance(target_nonzero, int) or target_nonzero < 1
-        ):
-            raise ValueError(f"prune.target_nonzero={target_nonzero!r} must be a whole number >= 1 (or null)")
         if not 0.0 < density <= 1.0:
             raise ValueError(f"prune.density={density} must be in (0, 1]")
         if mode not in MODES:
@@ -152,12 +148,7 @@ class StochasticNet(PruningCallback):
         if distance_scale <= 0:
             raise ValueError(f"prune.distance_scale={distance_scale} must be > 0")
         self.density, self.mode, self.distance_scale, self.seed = density, mode, distance_scale, seed
-        self.target_nonzero = target_nonzero
-
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.target_nonzero is not None:  # an unreachable budget fails before anything is drawn
-            budget_sparsity(network_of(pl_module), self.targets, self.target_nonzero)
-        super().on_fit_start(trainer, pl_module)
+        self.target_nonzero = check_budget(target_nonzero)
 
     def start(self, model: nn.Module, context: PruneContext) -> None:
         self.draw(model, context.optimizers)
