@@ -21,6 +21,7 @@ from ssmoe_cli.report.claims import (
 )
 from ssmoe_cli.report.frontier_analysis import Tradeoff, tradeoff
 from ssmoe_cli.report.frontier_ratios import Ratio, interval_text, ratio_text
+from ssmoe_cli.report.pairs import Pairs, across_pairs
 from ssmoe_cli.report.records import BASE_KEYS, PARAM, Group, Key, RunRecord, group_runs, short_names
 from ssmoe_cli.report.roles import Roles, size_phrase
 
@@ -43,6 +44,7 @@ class Report:
     findings: list[Findings]
     tolerance: float
     tradeoffs: list[Tradeoff] = field(default_factory=list)  # per context, those with a series of >= 2 budgets
+    pairs: Pairs | None = None  # the tradeoffs' claims side by side, when there are two contexts or more
     roles: Roles = field(default_factory=Roles)
     excluded: list[RunRecord] = field(default_factory=list)  # train runs not FINISHED
     show_excluded: bool = False  # --include-failed: list them
@@ -198,12 +200,15 @@ def build_report(
         excluded=list(excluded),
         show_excluded=show_excluded,
     )
-    for ctx, members in contexts(groups, keys).items():
+    members_of = contexts(groups, keys)
+    for ctx, members in members_of.items():
         t = tradeoff(members, keys, tolerance, roles, context=ctx)
         if t.applies:  # budgets were swept: the curves fill the sentence (iso-accuracy, not one operating point)
             report.tradeoffs.append(t)
             for f in report.findings:
                 if f.context == ctx:
                     f.sentence = iso_sentence(t, roles)
+    labels = [t.context_label(report.names) for t in report.tradeoffs]
+    report.pairs = across_pairs(report.tradeoffs, members_of, labels, roles)
     report.notes = _notes(report, runs, extra_keys)
     return report

@@ -51,6 +51,10 @@ class Tradeoff:
         """Shown only when a series has two budgets or more."""
         return any(s.is_curve for s in self.series)
 
+    def context_label(self, names: dict[str, str]) -> str:
+        """`data=mnist1d, trainer.max_epochs=20` (short key names), or `all runs`."""
+        return ", ".join(f"{names.get(k, k)}={v}" for k, v in self.context) or "all runs"
+
     def ratio(self, kind: str, x: str = PARAMS_NONZERO) -> Ratio | None:
         return next((r for r in self.ratios if r.kind == kind and r.x == x), None)
 

@@ -21,7 +21,7 @@ ACCS = (VAL_ACC, TEST_ACC)
 
 
 def context_label(t: Tradeoff, names: dict[str, str]) -> str:
-    return ", ".join(f"{names.get(k, k)}={v}" for k, v in t.context) or "all runs"
+    return t.context_label(names)
 
 
 def intro(t: Tradeoff) -> str:

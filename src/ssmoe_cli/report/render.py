@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -18,6 +19,7 @@ from typing import Any
 
 from ssmoe_cli.metrics import RATIO_VS_FCL, TEST_ACC
 from ssmoe_cli.report import frontier_text as ft
+from ssmoe_cli.report import pairs
 from ssmoe_cli.report.build import Report
 from ssmoe_cli.report.cells import (
     body,
@@ -103,6 +105,7 @@ def to_json(report: Report, base: Path | None = None) -> str:
         ],
         "findings": [findings_json(f) for f in report.findings],
         "tradeoffs": [ft.tradeoff_json(t) for t in report.tradeoffs],
+        "pairs": dataclasses.asdict(report.pairs) if report.pairs is not None else None,
         "excluded_runs": excluded_rows(report.excluded) if report.show_excluded else None,
         "notes": report.notes,
         "plots": report.plots,
@@ -161,6 +164,11 @@ def to_markdown(report: Report, base: Path | None = None) -> str:
             parts += [title, "", _md_table(match_header(report), match_rows(f)), "", match_caption(report), ""]
     for t in report.tradeoffs:
         parts += _md_tradeoff(t, report.names)
+    if report.pairs is not None:
+        parts += ["## The claims across (dataset, architecture) pairs", ""]
+        parts += [_md_table(*pairs.pair_rows(report.pairs)), "", pairs.CAPTION, ""]
+        parts += ["### The t-SNE gate's map per pair (held-out data)", ""]
+        parts += [_md_table(*pairs.gate_rows(report.pairs)), ""]
     if report.show_excluded and report.excluded:
         rows = [list(r.values()) for r in excluded_rows(report.excluded)]
         parts += ["## Runs not FINISHED (left out)", "", _md_table(EXCLUDED_HEADER, rows), ""]
@@ -249,6 +257,10 @@ def to_html(report: Report, base: Path | None = None) -> str:
             parts += [f"<h3>{e(title)}</h3>", _html_table(match_header(report), match_rows(f), match_caption(report))]
     for t in report.tradeoffs:
         parts += _html_tradeoff(t, report.names)
+    if report.pairs is not None:
+        parts += ["<h2>The claims across (dataset, architecture) pairs</h2>"]
+        parts.append(_html_table(*pairs.pair_rows(report.pairs), pairs.CAPTION))
+        parts += ["<h3>The t-SNE gate's map per pair (held-out data)</h3>", _html_table(*pairs.gate_rows(report.pairs))]
     if report.show_excluded and report.excluded:
         rows = [list(r.values()) for r in excluded_rows(report.excluded)]
         parts += ["<h2>Runs not FINISHED (left out)</h2>", _html_table(EXCLUDED_HEADER, rows)]

@@ -109,6 +109,19 @@ def print_rich(report: Report, console: Any, intervals: bool = False) -> None:
             console.print(line)
     for t in report.tradeoffs:
         print_tradeoff(t, console, report.names)
+    if report.pairs is not None:
+        from ssmoe_cli.report.pairs import CAPTION, gate_rows, pair_rows
+
+        for title, (head, rows), caption in (
+            ("the claims across (dataset, architecture) pairs", pair_rows(report.pairs), CAPTION),
+            ("the t-SNE gate's map per pair (held-out data)", gate_rows(report.pairs), ""),
+        ):
+            table = Table(title=title, caption=caption or None)
+            for h in head:
+                table.add_column(h, overflow="fold")
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
     if report.show_excluded and report.excluded:
         table = Table(title="training runs not FINISHED (left out of the statistics)")
         rows = excluded_rows(report.excluded)
