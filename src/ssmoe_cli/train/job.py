@@ -70,7 +70,7 @@ def run_tags(cfg: DictConfig, context: JobContext) -> dict[str, str]:
         "ssmoe_version": ssmoe_cli.__version__,
         "output_dir": context.output_dir,
     }
-    for group in ("gating", "topology", "experiment"):
+    for group in ("gating", "topology", "experiment", "arch"):
         if choices.get(group):
             tags[group] = str(choices[group])
     if context.sweep_dir is not None:
