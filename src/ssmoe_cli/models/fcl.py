@@ -8,18 +8,26 @@ import torch
 
 from ssmoe_cli.models.accounting import Accounting, dense_accounting
 from ssmoe_cli.models.base import Model, ModelOutput
-from ssmoe_cli.models.layers import mlp
+from ssmoe_cli.models.layers import drop_probability, mlp, set_dropconnect
 
 
 class FCL(Model):
-    """in_features -> hidden... -> num_classes, ReLU between layers, logits out (no softmax)."""
+    """in_features -> hidden... -> num_classes, ReLU between layers, logits out (no softmax).
+
+    Training-only regularisers (no effect in eval mode): `dropout` on the hidden units after each
+    activation, `dropconnect` on every weight (ssmoe_cli.models.layers)."""
 
     def __init__(
-        self, in_features: int, num_classes: int, hidden: Sequence[int] = (300, 100), dropout: float = 0.0
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: Sequence[int] = (300, 100),
+        dropout: float = 0.0,
+        dropconnect: float = 0.0,
     ) -> None:
         super().__init__()
         self.sizes = [in_features, *hidden, num_classes]
-        self.net = mlp(self.sizes, dropout=dropout)
+        self.net = set_dropconnect(mlp(self.sizes, dropout=drop_probability("model.dropout", dropout)), dropconnect)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         return ModelOutput(self.net(x), {})

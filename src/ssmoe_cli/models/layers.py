@@ -5,6 +5,14 @@ stacked, for the batched expert computations of a mixture of experts).
 Each holds a boolean ``mask`` buffer of the weight's shape (saved with the state dict, 1 byte per
 weight). The forward pass uses ``weight * mask``, so a masked weight gets no gradient; pruning code
 zeroes a weight when it masks it and re-applies the mask after optimizer steps (ssmoe_cli.prune).
+
+DropConnect (Wan et al. 2013) lives here too, once for every masked layer: with ``dropconnect = p >
+0``, each forward pass in training multiplies the masked weight by a fresh Bernoulli(1 - p) draw
+scaled by 1 / (1 - p) (inverted, so that inference needs no rescaling), one draw per weight per
+forward pass, shared by the samples of the batch (Wan et al. drew one per sample; one per batch is
+the usual cheaper variant and the same in expectation). Pruned weights stay zero whatever is
+drawn. In eval mode, or at p = 0, the forward pass is exactly the plain masked one, with no extra
+operation.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ class Masked(nn.Module):
     # True for a layer only training uses (SGMoE's noise network W_noise): inference never reads it,
     # so accounting, pruning targets and the exported file leave it out (see `train_only_layers`).
     train_only: bool = False
+    # DropConnect probability in training (see the module docstring); models set it with
+    # `set_dropconnect`, which leaves gate layers alone.
+    dropconnect: float = 0.0
 
     def _init_mask(self) -> None:
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
@@ -42,6 +53,13 @@ class Masked(nn.Module):
     def masked_weight(self) -> torch.Tensor:
         """The weight the forward pass uses (differentiable)."""
         return self.weight * self.mask
+
+    def _drop(self, weight: torch.Tensor) -> torch.Tensor:
+        """DropConnect on (part of) the masked weight: identity unless training with dropconnect > 0."""
+        if not (self.training and self.dropconnect > 0):
+            return weight
+        keep = 1.0 - self.dropconnect
+        return weight * torch.empty_like(weight).bernoulli_(keep) / keep
 
     def nonzero_weights(self) -> int:
         with torch.no_grad():
@@ -58,7 +76,7 @@ class MaskedLinear(Masked, nn.Linear):
         self._init_mask()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.masked_weight(), self.bias)
+        return F.linear(x, self._drop(self.masked_weight()), self.bias)
 
 
 class ExpertLinear(Masked):
@@ -87,13 +105,13 @@ class ExpertLinear(Masked):
         else:  # gather first, then mask: only the selected experts' matrices are touched
             w = self.weight[experts] * self.mask[experts]
             b = self.bias[experts] if self.bias is not None else None
-        out = torch.bmm(x, w.transpose(1, 2))
+        out = torch.bmm(x, self._drop(w).transpose(1, 2))
         return out + b.unsqueeze(1) if b is not None else out
 
     def gather_rows(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Masked weight rows and biases of output units given as flat indices e * out + j (any shape)."""
         w = self.weight.reshape(-1, self.in_features)[units] * self.mask.reshape(-1, self.in_features)[units]
-        return w, (self.bias.reshape(-1)[units] if self.bias is not None else None)
+        return self._drop(w), (self.bias.reshape(-1)[units] if self.bias is not None else None)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, in_features={self.in_features}, out_features={self.out_features}"
@@ -112,6 +130,25 @@ def set_role(module: nn.Module, role: str) -> nn.Module:
     """Give every masked layer inside `module` the same role (e.g. a whole gate network)."""
     for layer in masked_layers(module):
         layer.role = role
+    return module
+
+
+def drop_probability(key: str, p: float) -> float:
+    """`p` checked as a drop probability in [0, 1) (1 would drop everything and divide by zero)."""
+    if not (isinstance(p, int | float) and not isinstance(p, bool) and 0.0 <= p < 1.0):
+        raise ValueError(f"{key}={p!r}: must be a number in [0, 1) (the probability of dropping; 0 = off)")
+    return float(p)
+
+
+def set_dropconnect(module: nn.Module, p: float) -> nn.Module:
+    """DropConnect probability `p` on every masked layer inside `module` except the gate's: the gate
+    decides which experts run, and dropping its weights would turn regularisation of the experts into
+    random routing (SGMoE already adds its own learned noise there; the t-SNE gate is pretrained on
+    its own loss and usually frozen)."""
+    p = drop_probability("model.dropconnect", p)
+    for layer in masked_layers(module):
+        if layer.role != "gate":
+            layer.dropconnect = p
     return module
 
 

@@ -7,6 +7,10 @@ Each expert is an MLP in -> hidden... -> classes (no softmax inside). With a top
 (its route units), so a sample routed to b computes b plus those few units, not the whole source
 experts: the paper's "conditionally active subnetwork" (docs/architecture.md).
 
+Training-only regularisers of the experts (no effect in eval mode): `dropout` on every hidden unit
+after its ReLU (route units included, they are hidden units of their source experts), `dropconnect`
+on every expert and route weight (ssmoe_cli.models.layers); the gate is left alone by both.
+
 Expert weights are stacked (ExpertLinear: one (E, out, in) tensor per layer) so both dispatch paths
 run each layer as one batched matmul:
 - `dense`: every expert on every sample, weighted by the gate (zeros outside the top k): wasted
@@ -35,7 +39,7 @@ from torch import nn
 from ssmoe_cli.models.accounting import Accounting, nonzero_params, total_params, train_only_params
 from ssmoe_cli.models.base import Model, ModelOutput, Routing
 from ssmoe_cli.models.gating.base import Gate
-from ssmoe_cli.models.layers import ExpertLinear, set_role
+from ssmoe_cli.models.layers import ExpertLinear, drop_probability, set_dropconnect, set_role
 from ssmoe_cli.models.topology import Topology
 from ssmoe_cli.models.topology.isolated import Isolated
 
@@ -56,6 +60,8 @@ class MixtureOfExperts(Model):
         dense_max_ratio: float = 1.0,
         capacity_factor: float | None = None,
         seed: int = 0,
+        dropout: float = 0.0,
+        dropconnect: float = 0.0,
     ) -> None:
         super().__init__()
         if dispatch not in DISPATCH_MODES:
@@ -68,6 +74,7 @@ class MixtureOfExperts(Model):
         self.gate = set_role(gate, "gate")
         self.topology = topology or Isolated()
         self.dispatch, self.dense_max_ratio, self.capacity_factor = dispatch, dense_max_ratio, capacity_factor
+        self.dropout = drop_probability("model.dropout", dropout)
         sizes = [in_features, *expert_hidden, num_classes]
         self.layers = nn.ModuleList(ExpertLinear(num_experts, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.layers[-1].role = "output"
@@ -81,6 +88,8 @@ class MixtureOfExperts(Model):
                     "routes need a hidden layer in the experts: set model.expert_hidden, or topology=isolated"
                 )
             self._build_routes(self._generator)
+        # After the routes exist, so that they get it too; set_dropconnect skips the gate.
+        set_dropconnect(self, dropconnect)
 
     # -- routes ---------------------------------------------------------------------------------
     def _build_routes(self, generator: torch.Generator) -> None:
@@ -135,7 +144,11 @@ class MixtureOfExperts(Model):
         units = self.route_units if experts is None else self.route_units[experts]
         # Only the source rows are gathered (and masked): never a pass over every expert's weights.
         w, b = self.layers[0].gather_rows(units)  # (E, R, in), (E, R)
-        return F.relu(torch.baddbmm(b.unsqueeze(1), xe, w.transpose(1, 2)))
+        return self._dropout(F.relu(torch.baddbmm(b.unsqueeze(1), xe, w.transpose(1, 2))))
+
+    def _dropout(self, h: torch.Tensor) -> torch.Tensor:
+        # A Python test, not F.dropout(p=0): at 0 the pass has no extra op at all.
+        return F.dropout(h, self.dropout, training=True) if self.training and self.dropout > 0 else h
 
     def experts(self, xe: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
         """Run expert e on row block e: (E, N, in) -> (E, N, classes); with `experts` (M,), run
@@ -146,7 +159,7 @@ class MixtureOfExperts(Model):
             z = layer(h, experts)
             if i == 1 and self.route is not None:
                 z = z + self.route(self.route_activations(xe, experts), experts)
-            h = F.relu(z) if i < last else z
+            h = self._dropout(F.relu(z)) if i < last else z
         return h
 
     # -- dispatch ---------------------------------------------------------------------------------
