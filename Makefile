@@ -21,11 +21,27 @@ $(VENV)/.installed: pyproject.toml
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt-get is available; otherwise
 # `ssmoe train` downloads it (MD5-checked) into ~/.cache/ssmoe on first use.
+# mlbench's R data files (data=letter) from Debian's r-cran-mlbench, downloaded and unpacked, not
+# installed (that would pull in R): its data/*.rda and copyright go to ~/.cache/ssmoe/mlbench, where
+# ssmoe looks for them (docs/data.md). No root needed unless apt's package lists must be fetched first.
+# MNIST-1D needs nothing here: ssmoe generates it (PyPI mnist1d) and caches it on first use.
+MLBENCH_DIR := $${XDG_CACHE_HOME:-$$HOME/.cache}/ssmoe/mlbench
 data:
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) \
 	    || echo "note: could not install dataset-fashion-mnist; ssmoe will download Fashion-MNIST instead"; \
+	fi
+	@dir="$(MLBENCH_DIR)"; \
+	if [ ! -f "$$dir/LetterRecognition.rda" ] && command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); tmp=$$(mktemp -d); \
+	  (cd "$$tmp" \
+	    && (apt-get download -qq r-cran-mlbench 2>/dev/null \
+	        || ($$SUDO apt-get update -qq && apt-get download -qq r-cran-mlbench 2>/dev/null)) \
+	    && dpkg -x r-cran-mlbench_*.deb pkg && mkdir -p "$$dir" \
+	    && cp pkg/usr/lib/R/site-library/mlbench/data/*.rda pkg/usr/share/doc/r-cran-mlbench/copyright "$$dir"/) \
+	    || echo "note: could not unpack r-cran-mlbench into $$dir; data=letter will fail until it is there"; \
+	  rm -rf "$$tmp"; \
 	fi
 
 # SLURM and munge for tests/test_slurm.py, which starts a single-node cluster on 127.0.0.1 (its daemons
