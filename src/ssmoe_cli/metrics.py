@@ -34,6 +34,8 @@ PARAMS_GATE_NONZERO = "params/gate_nonzero"
 GATE_SHARE_NONZERO = "params/gate_share_nonzero"
 GATE_SHARE_ACTIVE = "params/gate_share_active"
 PRUNE_SPARSITY = "prune/sparsity"
+PRUNE_TURNOVER = "prune/turnover"  # prune=set, rigl: connections replaced this epoch / active ones
+PRUNE_TURNOVER_TOTAL = "prune/turnover_total"  # the same, summed over every update so far
 RATIO_VS_FCL = "compression/ratio_vs_fcl"
 BYTES_RATIO_VS_FCL = "compression/bytes_ratio_vs_fcl"
 DENSE_BYTES = "size/dense_bytes"
@@ -108,6 +110,8 @@ ALL: tuple[Metric, ...] = (
     Metric(GATE_SHARE_NONZERO, "gate share of nonzero params", "gate % nonzero", "{:.4f}", "fraction", scope="moe"),
     Metric(GATE_SHARE_ACTIVE, "gate share of active params", "gate % active", "{:.4f}", "fraction", scope="moe"),
     Metric(PRUNE_SPARSITY, "pruned fraction (targeted weights)", "pruned", "{:.4f}", "fraction"),
+    Metric(PRUNE_TURNOVER, "connections replaced this epoch", "turnover", "{:.4f}", "float", when="epoch"),
+    Metric(PRUNE_TURNOVER_TOTAL, "connections replaced so far", "turnover sum", "{:.4f}", "float", when="epoch"),
     Metric(RATIO_VS_FCL, "params compression vs baseline", "vs FCL", "{:.2f}x", "ratio"),
     Metric(SPARSE_BYTES, "exported file (bytes)", "file bytes", "{:,.0f}", "count"),
     Metric(DENSE_BYTES, "baseline dense (bytes)", "dense bytes", "{:,.0f}", "count"),
