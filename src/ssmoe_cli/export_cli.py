@@ -28,10 +28,18 @@ def _run_config(config_file: Path) -> tuple[dict[str, Any], str | None]:
         full = OmegaConf.load(config_file)
         model_config = OmegaConf.to_container(full.model, resolve=True)
         data_target = OmegaConf.select(full, "data._target_", default=None)
+        quantized = OmegaConf.select(full, "quantize._target_", default=None)
     except (OSError, OmegaConfBaseException, ValueError) as exc:
         raise SsmoeError(f"cannot read {config_file}: {str(exc).splitlines()[0]}") from None
     if not isinstance(model_config, dict):
         raise SsmoeError(f"{config_file}: `model` is not a config")
+    if quantized is not None:
+        # Weight sharing runs after the last checkpoint, with the training data: the checkpoint holds
+        # the weights before it, so a file written from it would not be the model the run tested.
+        raise SsmoeError(
+            f"{config_file.parent.parent} was quantised after training (quantize=...): its checkpoint holds the "
+            "weights before quantisation; use the file the run wrote, model.safetensors in that folder"
+        )
     return model_config, data_target if isinstance(data_target, str) else None
 
 
@@ -75,8 +83,9 @@ def describe(path: Path) -> None:
 
     exported = read_export(path)
     shapes = {key: tuple(t.shape) for key, t in exported.tensors.items()}
+    sizes = {key: t.numel() * t.element_size() for key, t in exported.tensors.items()}
     config = exported.model_config
-    print(f"{path}: {path.stat().st_size:,} bytes, format ssmoe-sparse/1")
+    print(f"{path}: {path.stat().st_size:,} bytes, format {exported.format}")
     target = config.get("_target_", "?") if isinstance(config, dict) else "?"
     print(f"model: {target if isinstance(target, str) and target.isprintable() else repr(target)}")
     prep = exported.preprocessing
@@ -94,6 +103,16 @@ def describe(path: Path) -> None:
         for d in shape:
             dense *= d
         print(f"  {key:40} CSR {'x'.join(map(str, shape)):>14}  {nnz:>9,} nonzero ({1 - nnz / dense:.4f} sparse)")
+    for key, meta in exported.quantized.items():
+        dense = 1
+        for d in meta["shape"]:
+            dense *= d
+        stored = sum(t for k, t in sizes.items() if k.startswith(f"{key}::"))
+        print(
+            f"  {key:40} shared {'x'.join(map(str, meta['shape'])):>11}  {meta['nonzero']:>9,} nonzero "
+            f"({1 - meta['nonzero'] / max(dense, 1):.4f} sparse), 2^{meta['bits']} values, "
+            f"{meta['index_bits']}-bit indices, {meta['entropy']} coded: {stored:,} bytes"
+        )
     for key, shape in shapes.items():
         if "::" not in key:
             print(f"  {key:40} dense {'x'.join(map(str, shape)):>12}")

@@ -15,7 +15,7 @@ from typing import Literal
 
 Kind = Literal["fraction", "count", "ratio", "float"]
 When = Literal["epoch", "end"]
-Scope = Literal["all", "moe", "map"]
+Scope = Literal["all", "moe", "map", "quantize"]
 
 # --------------------------------------------------------------------------- names
 
@@ -52,6 +52,13 @@ GATE_ENTROPY = "gate/entropy"
 GATE_TSNE_KL = "gate/tsne_kl"
 GATE_TRUSTWORTHINESS = "gate/trustworthiness"
 GATE_KNN1_ACC = "gate/knn1_acc"
+# The exported file stage by stage (Deep Compression, Han et al. 2016), and quantize=kmeans's accuracies.
+MODEL_F32_BYTES = "size/model_f32_bytes"
+CSR_BYTES = "size/csr_bytes"
+QUANTIZED_BYTES = "size/quantized_bytes"
+ENTROPY_BYTES = "size/entropy_coded_bytes"
+QUANT_ACC_BEFORE = "quantize/test_acc_before"
+QUANT_ACC_SHARED = "quantize/test_acc_shared"
 
 
 def aux_loss(name: str) -> str:
@@ -70,8 +77,9 @@ class Metric:
     (a few words: tables must fit an 80-column terminal). fmt: a str.format spec for one value in
     the console summary. kind: how the report shows a mean and its spread (a fraction in [0, 1] is
     shown in percent). when: every epoch or once at the end of a run. scope: which runs log it
-    (all models, mixtures of experts only, or gates with a 2-D map only). low, high: the values the
-    metric can take (None: unbounded); the report keeps its confidence intervals inside them.
+    (all models, mixtures of experts only, gates with a 2-D map only, or quantize=kmeans runs
+    only). low, high: the values the metric can take (None: unbounded); the report keeps its
+    confidence intervals inside them.
     """
 
     name: str
@@ -116,6 +124,12 @@ ALL: tuple[Metric, ...] = (
     Metric(SPARSE_BYTES, "exported file (bytes)", "file bytes", "{:,.0f}", "count"),
     Metric(DENSE_BYTES, "baseline dense (bytes)", "dense bytes", "{:,.0f}", "count"),
     Metric(BYTES_RATIO_VS_FCL, "file compression vs baseline", "file vs FCL", "{:.2f}x", "ratio"),
+    Metric(MODEL_F32_BYTES, "this model, dense float32 (bytes)", "f32 bytes", "{:,.0f}", "count"),
+    Metric(CSR_BYTES, "file, float32 CSR (bytes)", "CSR bytes", "{:,.0f}", "count"),
+    Metric(QUANTIZED_BYTES, "file, weights shared (bytes)", "shared bytes", "{:,.0f}", "count", scope="quantize"),
+    Metric(ENTROPY_BYTES, "file, + Huffman coded (bytes)", "coded bytes", "{:,.0f}", "count", scope="quantize"),
+    Metric(QUANT_ACC_BEFORE, "test accuracy, unshared", "acc unshared %", "{:.4f}", "fraction", scope="quantize"),
+    Metric(QUANT_ACC_SHARED, "test accuracy, untuned", "acc untuned %", "{:.4f}", "fraction", scope="quantize"),
     Metric(CSR_LAYERS, "layers run with CSR kernels", "CSR layers", "{:.0f}", "count"),
     Metric(TRAIN_S, "train time (s)", "train s", "{:.1f}", "float"),
     Metric(EPOCH_S, "epoch time (s)", "epoch s", "{:.2f}", "float"),

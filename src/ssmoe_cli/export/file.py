@@ -16,6 +16,14 @@ Format "ssmoe-sparse/1":
   network's inputs, with the class names. Files without it load as before and take inputs already
   standardised as in training.
 
+Format "ssmoe-sparse/2" (written only when a layer is weight-shared, `quantize=kmeans`; a file
+without one is still written as /1, so older readers keep reading it): as /1, plus weight-shared
+layers stored in the encoded form of ssmoe_cli.quantize.codec: `<key>::codebook` (float32),
+`<key>::codes` and `<key>::index` (bit streams, uint8), with `::codes_lengths` and
+`::index_lengths` (canonical Huffman code lengths) when entropy coded; metadata `quantized`: per
+key, JSON {shape, nonzero, index_symbols, bits, index_bits, entropy}. A loaded shared layer's mask
+is exactly its stored positions.
+
 Loading never runs code the file chooses: safetensors holds raw tensors (no pickle), and the model
 is built by ssmoe_cli.models.registry, which only calls the model, gate and topology classes ssmoe
 defines with arguments of their declared types (never hydra.utils.instantiate, never an import).
@@ -25,9 +33,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,8 +44,13 @@ from ssmoe_cli.data.preprocessing import Preprocessing
 from ssmoe_cli.errors import SsmoeError
 from ssmoe_cli.export.kernels import quiet_csr, to_csr, use_sparse_kernels
 from ssmoe_cli.models.layers import Masked, train_only_layers
+from ssmoe_cli.quantize import codec
+
+if TYPE_CHECKING:
+    from ssmoe_cli.quantize import Quantized
 
 FORMAT = "ssmoe-sparse/1"
+FORMAT_QUANTIZED = "ssmoe-sparse/2"
 SEP = "::"
 
 
@@ -55,6 +68,7 @@ class ExportInfo:
     bytes: int  # size of the file on disk, metadata included
     csr_tensors: int
     dense_tensors: int
+    quantized_layers: int = 0
 
 
 class Preprocessed(nn.Module):
@@ -99,10 +113,17 @@ def _nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
 
 
 def export_model(
-    model: nn.Module, model_config: Mapping[str, Any], path: str | Path, preprocessing: Preprocessing | None = None
+    model: nn.Module,
+    model_config: Mapping[str, Any],
+    path: str | Path,
+    preprocessing: Preprocessing | None = None,
+    quantized: Quantized | None = None,
+    entropy: str | None = None,
 ) -> ExportInfo:
     """Write `model` to `path` (see the module docstring). `model_config` rebuilds it (`_target_`
-    tree of registered classes); `preprocessing` (the data module's) lets the file take raw inputs."""
+    tree of registered classes); `preprocessing` (the data module's) lets the file take raw inputs;
+    `quantized` (KMeansQuantization.apply's result) stores its shared layers encoded, entropy coded
+    as `entropy` says (default: as the quantisation was configured)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -110,11 +131,18 @@ def export_model(
     train_only = _train_only_keys(model)
     tensors: dict[str, torch.Tensor] = {}
     csr: dict[str, list[int]] = {}
+    shared = {f"{name}.weight": s for name, s in quantized.layers.items()} if quantized is not None else {}
+    encoded: dict[str, dict[str, object]] = {}
     for key, value in model.state_dict().items():
         owner = key[: -len(".mask")] + ".weight" if key.endswith(".mask") else None
         if owner in masked or key in train_only:
             continue  # masks are implied by the stored weights; inference never reads train-only layers
         value = value.detach().cpu()
+        if key in shared:
+            layer = codec.encode_shared(masked[key], shared[key], entropy or quantized.entropy)  # type: ignore[union-attr]
+            tensors.update({f"{key}{SEP}{part}": torch.from_numpy(a.copy()) for part, a in layer.arrays.items()})
+            encoded[key] = layer.meta
+            continue
         if key in masked:
             value = masked[key].masked_weight().detach().cpu()
             parts = _csr_parts(value)
@@ -124,15 +152,17 @@ def export_model(
                 continue
         tensors[key] = value.contiguous()
     metadata = {
-        "format": FORMAT,
+        "format": FORMAT_QUANTIZED if encoded else FORMAT,
         "model_config": json.dumps(model_config),
         "csr": json.dumps(csr),
         "train_only": json.dumps(sorted(train_only_layers(model))),
     }
+    if encoded:
+        metadata["quantized"] = json.dumps(encoded, separators=(",", ":"))
     if preprocessing is not None:
         metadata["preprocessing"] = preprocessing.to_json()
     save_file(tensors, str(path), metadata=metadata)
-    return ExportInfo(path, path.stat().st_size, len(csr), len(tensors) - 3 * len(csr))
+    return ExportInfo(path, path.stat().st_size, len(csr), sum(SEP not in k for k in tensors), len(encoded))
 
 
 @dataclass(frozen=True)
@@ -144,6 +174,11 @@ class ExportFile:
     preprocessing: Preprocessing | None
     tensors: dict[str, torch.Tensor]
     train_only: list[str]  # layers left out as training-only (none in files written before the rule)
+    quantized: dict[str, dict[str, Any]] = field(default_factory=dict)  # weight-shared layers (format /2)
+
+    @property
+    def format(self) -> str:
+        return FORMAT_QUANTIZED if self.quantized else FORMAT
 
 
 def read_export(path: str | Path) -> ExportFile:
@@ -158,20 +193,29 @@ def read_export(path: str | Path) -> ExportFile:
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (OSError, SafetensorError) as exc:
         raise SsmoeError(f"cannot read the exported model {path}: {exc}") from None
-    if metadata.get("format") != FORMAT:
-        raise SsmoeError(f"{path} is not an ssmoe export (format {metadata.get('format')!r}, expected {FORMAT})")
+    if metadata.get("format") not in (FORMAT, FORMAT_QUANTIZED):
+        found, known = metadata.get("format"), f"{FORMAT} or {FORMAT_QUANTIZED}"
+        raise SsmoeError(f"{path} is not an ssmoe export (format {found!r}, expected {known})")
     try:
         config, csr = json.loads(metadata["model_config"]), json.loads(metadata["csr"])
         train_only = json.loads(metadata.get("train_only", "[]"))
+        quantized = json.loads(metadata.get("quantized", "{}"))
     except (KeyError, ValueError) as exc:
         raise SsmoeError(f"{path}: damaged metadata ({exc})") from None
+    if not (isinstance(quantized, dict) and all(isinstance(m, dict) for m in quantized.values())):
+        raise SsmoeError(f"{path}: damaged metadata (quantized)")
+    for key, meta in quantized.items():
+        try:
+            codec.check_meta(meta)
+        except ValueError as exc:
+            raise SsmoeError(f"{path}: weight-shared layer {key} is damaged ({exc})") from None
     if not (isinstance(csr, dict) and all(_shape(s) for s in csr.values())):
         raise SsmoeError(f"{path}: damaged metadata (csr)")
     if not (isinstance(train_only, list) and all(isinstance(name, str) for name in train_only)):
         raise SsmoeError(f"{path}: damaged metadata (train_only)")
     raw = metadata.get("preprocessing")
     preprocessing = Preprocessing.from_json(raw) if raw is not None else None
-    return ExportFile(config, csr, preprocessing, tensors, train_only)
+    return ExportFile(config, csr, preprocessing, tensors, train_only, quantized)
 
 
 def _first_error(exc: Exception) -> str:
@@ -185,6 +229,18 @@ def _first_error(exc: Exception) -> str:
 
 def _shape(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
+def _decode_shared(
+    path: Path, key: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight-shared layer's (weight, mask), its parts popped from `tensors`; damage is one SsmoeError."""
+    try:
+        return codec.decode_shared(key, meta, tensors, SEP)
+    except KeyError as exc:
+        raise SsmoeError(f"{path}: weight-shared layer {key} lacks its part {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise SsmoeError(f"{path}: weight-shared layer {key} is damaged ({exc})") from None
 
 
 def load_model(path: str | Path, sparse_kernels: bool = True, trusted: Iterable[type] = ()) -> nn.Module:
@@ -213,10 +269,14 @@ def load_model(path: str | Path, sparse_kernels: bool = True, trusted: Iterable[
                     crow.long(), col.long(), values, size=(rows, shape[-1]), check_invariants=True
                 )
             state[key] = csr.to_dense().reshape(shape)
+        shared = {key: _decode_shared(path, key, meta, tensors) for key, meta in exported.quantized.items()}
+        state.update({key: weight for key, (weight, _) in shared.items()})
         state.update(tensors)
         for key in _masked_weights(model):
             if key in state:  # a missing weight is reported by load_state_dict below
                 state[key[: -len(".weight")] + ".mask"] = state[key] != 0
+        # A shared layer's mask is its stored positions (a centroid may be exactly zero).
+        state.update({key[: -len(".weight")] + ".mask": mask for key, (_, mask) in shared.items()})
         # Train-only tensors are not in the file: the rebuilt model keeps its constructor values for
         # exactly those (inference never reads them); any other missing key fails the strict load.
         own = model.state_dict()

@@ -202,6 +202,8 @@ def fit_and_test(
     )
     timer = EpochTimer()
     pruner = instantiate(cfg.prune)
+    # quantize=none composes to an empty node: the weights stay float32.
+    quantizer = instantiate(cfg.quantize) if cfg.get("quantize") else None
     callbacks: list[Any] = [timer, pruner, FiniteLossGuard(), RngState(), StopOnSigterm()]
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is not None and "_target_" in cb_cfg:
@@ -226,6 +228,10 @@ def fit_and_test(
     # deferred: a SIGTERM stops training at the next batch boundary (the last epoch's checkpoint kept).
     with signals.deferred("during training"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    quantized = None
+    if quantizer is not None:  # after training and pruning, so test/acc and the file are the quantised model's
+        with signals.phase("while quantising the weights"):
+            quantized = quantizer.apply(model, datamodule.train_dataloader, datamodule.test_dataloader)
     train_s = time.perf_counter() - start
     # The last epoch's validation metrics (what a hyper-parameter search optimises), read before test.
     validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -233,6 +239,16 @@ def fit_and_test(
     results = {**validated, **results}
     if not trainer.is_global_zero:
         return results  # accounting, export and plots are rank 0's
-    extra = measure(cfg, model, baseline, datamodule, tracker, pruner=pruner, train_s=train_s, epoch_s=timer.mean)
+    extra = measure(
+        cfg,
+        model,
+        baseline,
+        datamodule,
+        tracker,
+        pruner=pruner,
+        train_s=train_s,
+        epoch_s=timer.mean,
+        quantized=quantized,
+    )
     tracker.log_metrics(extra, step=trainer.global_step)
     return {**results, **extra}

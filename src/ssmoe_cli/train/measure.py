@@ -6,6 +6,8 @@ and plots."""
 from __future__ import annotations
 
 import csv
+import functools
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,10 @@ def measure(
     pruner: Any,
     train_s: float,
     epoch_s: float,
+    quantized: Any = None,
 ) -> dict[str, float]:
-    """Metrics of the trained model (logged by the caller); artifacts go to the run as they are written."""
+    """Metrics of the trained model (logged by the caller); artifacts go to the run as they are written.
+    `quantized`: the quantize stage's result (ssmoe_cli.quantize.Quantized), None without one."""
     from ssmoe_cli.data.base import TensorDataModule
     from ssmoe_cli.export import export_model, load_model, use_sparse_kernels
     from ssmoe_cli.models.accounting import account, nonzero_params
@@ -58,8 +62,9 @@ def measure(
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     # The file carries the data module's preprocessing: loaded, it takes the dataset's raw inputs.
     preprocessing = datamodule.preprocessing if isinstance(datamodule, TensorDataModule) else None
-    export = export_model(model, model_config, out_dir / "model.safetensors", preprocessing)
+    export = export_model(model, model_config, out_dir / "model.safetensors", preprocessing, quantized)
     tracker.log_artifact(export.path)
+    extra.update(file_stages(model, model_config, preprocessing, quantized, export.bytes, acc.params_total))
     dense_bytes = sum(p.numel() * p.element_size() for p in baseline.parameters())
     # The classes of this run's own config (maybe the user's, from --config-dir) are trusted as the
     # class objects this job built, never as names read back from the file (docs/security.md).
@@ -82,6 +87,28 @@ def measure(
     for path in routing_plots(view, out_dir):
         tracker.log_artifact(path, "plots")
     return extra
+
+
+def file_stages(
+    model: Any, model_config: Any, preprocessing: Any, quantized: Any, file_bytes: int, params_total: int
+) -> dict[str, float]:
+    """Bytes on disk stage by stage (Deep Compression's table): the model as dense float32, its file
+    with float32 CSR weights, and, for a quantised model, the file with shared weights and packed
+    codes and indices, then with both streams Huffman coded. Every file includes its metadata."""
+    from ssmoe_cli.export import export_model
+
+    sizes = {names.MODEL_F32_BYTES: float(4 * params_total), names.CSR_BYTES: float(file_bytes)}
+    if quantized is None:
+        return sizes
+    with tempfile.TemporaryDirectory(prefix="ssmoe-stages-") as tmp:
+        write = functools.partial(export_model, model, model_config, preprocessing=preprocessing)
+        sizes[names.CSR_BYTES] = float(write(Path(tmp) / "csr.safetensors").bytes)
+        for name, entropy in ((names.QUANTIZED_BYTES, "none"), (names.ENTROPY_BYTES, "huffman")):
+            same = entropy == quantized.entropy  # the run's own file is this stage
+            path = Path(tmp) / f"{entropy}.safetensors"
+            sizes[name] = float(file_bytes if same else write(path, quantized=quantized, entropy=entropy).bytes)
+    sizes.update(quantized.metrics)
+    return sizes
 
 
 def write_layer_csv(rows: list[dict[str, Any]], path: Path) -> None:
