@@ -136,9 +136,14 @@ class DynamicSparsity(PruningCallback):
             self.update(now, (batch[0], batch[1]), self._context().optimizers)
 
     def update(self, now: int, batch: Batch, optimizers: Sequence[torch.optim.Optimizer] = ()) -> float:
-        """Drop and grow in every targeted layer; returns the turnover (replaced / active)."""
+        """Drop and grow in every targeted layer that trains; returns the turnover (replaced / active)."""
         model = self._network()
-        layers = target_layers(model, self.targets)
+        targeted = target_layers(model, self.targets)
+        # A frozen layer (the pretrained t-SNE gate) keeps its first graph: a weight grown there would
+        # stay 0 for good, and a dropped one would never be made up for by training.
+        layers = {name: layer for name, layer in targeted.items() if layer.weight.requires_grad}
+        if not layers:
+            return 0.0
         device = next(iter(layers.values())).weight.device
         batch = (batch[0].to(device), batch[1].to(device))
         fraction = self.fraction(now)
@@ -152,7 +157,7 @@ class DynamicSparsity(PruningCallback):
         for name, layer in layers.items():
             grow(layer, self.available[name], scores.get(name, layer.weight), dropped[name], generator, optimizers)
         replaced = sum(int((layer.mask & ~before[name]).sum()) for name, layer in layers.items())
-        active = sum(int(layer.mask.sum()) for layer in layers.values())
+        active = sum(int(layer.mask.sum()) for layer in targeted.values())
         turnover = replaced / active if active else 0.0
         self.last_at = now
         self._epoch_turnover += turnover
