@@ -172,6 +172,28 @@ def test_rigl_grows_where_the_dense_gradient_is_largest(one_thread):
     assert bool(layer.mask[1, 2]) and float(layer.weight.detach()[1, 2]) == 0.0
 
 
+def test_new_weights_no_gradient_reaches_are_reported_when_training_ends(one_thread, caplog):
+    """Feature 2 only is nonzero: of 6 weights grown into a 4 -> 3 layer, the 3 in column 2 train,
+    the other 3 get no gradient and stay 0 (active, uncounted); the end of training says how many."""
+    model = FCL(4, 3, hidden=())
+    layer = model.net[0]
+    x = torch.zeros(8, 4)
+    x[:, 2] = 5.0
+    y = torch.ones(8, dtype=torch.long)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    register_mask_hook(optimizer, model)
+    callback = started(RigL(density=0.5, alpha=0.999, stop=1.0, targets=["output"]), model, optimizer)
+    # Drops all 6 active weights and grows 6: column 2's 3 (the only gradient), then 3 drawn among the rest.
+    callback.update(1, (x, y), [optimizer])
+    train_steps(model, optimizer, (x, y), steps=2)
+    idle = int((layer.mask & (layer.weight == 0)).sum())
+    assert idle == int(layer.mask[:, [0, 1, 3]].sum()) == 3 and not (layer.weight[:, 2] == 0).any()
+    assert nonzero_params(model) == 6 - idle + 3  # 3 biases
+    with caplog.at_level("WARNING"):
+        callback.on_fit_end(None, None)
+    assert f"{idle} active connections are still exactly 0" in caplog.text
+
+
 def test_a_resumed_callback_keeps_the_evolved_graph(one_thread):
     model = fcl()
     optimizer = torch.optim.Adam(model.parameters())

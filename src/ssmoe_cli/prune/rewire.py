@@ -20,6 +20,7 @@ from torch import nn
 from ssmoe_cli.models.base import ModelOutput
 from ssmoe_cli.models.layers import Masked
 from ssmoe_cli.prune.allocation import apportion
+from ssmoe_cli.prune.masks import apply_masks
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -67,16 +68,11 @@ def install(layer: Masked, mask: torch.Tensor, optimizers: Iterable[torch.optim.
     weight of a fresh model; a stale moment would move it before its own gradient does). Returns the
     number of newly active positions."""
     mask = mask.view_as(layer.mask).to(device=layer.mask.device, dtype=torch.bool)
-    kept = mask & layer.mask
     grown = int((mask & ~layer.mask).sum())
-    layer.weight.mul_(kept)
+    # apply_masks zeroes weight, gradient and state wherever the kept set (mask AND old mask) is
+    # False: the dropped positions and every inactive one, the new ones among them; then lift them.
+    apply_masks({"layer": layer}, {"layer": mask}, optimizers)
     layer.mask.copy_(mask)
-    if layer.weight.grad is not None:
-        layer.weight.grad.mul_(kept)
-    for opt in optimizers:
-        for value in opt.state.get(layer.weight, {}).values():
-            if torch.is_tensor(value) and value.shape == kept.shape:
-                value.mul_(kept)
     return grown
 
 
