@@ -174,48 +174,59 @@ def test_a_model_changed_after_quantisation_is_not_exported_as_shared(tmp_path):
         export_model(model, FCL_CFG, tmp_path / "q.safetensors", quantized=quantized)
 
 
-def _rewrite(src, dst, edit_tensors=None, edit_meta=None) -> None:
+KEY = "net.0.weight"
+
+
+def _rewrite(src, dst, edit) -> None:
+    """Copy an exported file, letting `edit(parts, meta, tensors)` change net.0's encoded parts (name ->
+    uint8 array, re-joined with their new sizes), its metadata, or the tensors."""
     with safe_open(str(src), framework="pt") as fh:
         metadata = dict(fh.metadata())
         tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
-    if edit_tensors:
-        edit_tensors(tensors)
-    if edit_meta:
-        quantized = json.loads(metadata["quantized"])
-        edit_meta(quantized["net.0.weight"])
-        metadata["quantized"] = json.dumps(quantized)
+    quantized = json.loads(metadata["quantized"])
+    meta = quantized[KEY]
+    names = codec.PARTS[meta["entropy"]]
+    blob, ends = tensors[f"{KEY}::encoded"].numpy(), np.cumsum(meta["parts"])
+    parts = {name: blob[end - size : end] for name, size, end in zip(names, meta["parts"], ends, strict=True)}
+    edit(parts, meta, tensors)
+    if f"{KEY}::encoded" in tensors:
+        tensors[f"{KEY}::encoded"] = torch.from_numpy(np.concatenate([parts[n] for n in names]).astype(np.uint8))
+        meta.setdefault("parts", [len(parts[n]) for n in names])
+    metadata["quantized"] = json.dumps(quantized)
     save_file(tensors, str(dst), metadata=metadata)
 
 
-def _set(tensors, key, value):
-    tensors[key] = value
+def _resized(meta):
+    meta.pop("parts")  # _rewrite writes the new sizes
 
 
 @pytest.mark.parametrize(
-    ("tensors", "meta", "says"),
+    ("edit", "says"),
     [
-        (lambda t: _set(t, "net.0.weight::codes", t["net.0.weight::codes"][:10].clone()), None, "stream ends"),
-        (lambda t: t.pop("net.0.weight::index"), None, "lacks its part"),
-        (lambda t: _set(t, "net.0.weight::codes_lengths", torch.ones(32, dtype=torch.uint8)), None, "Kraft"),
-        (lambda t: _set(t, "net.0.weight::codebook", torch.zeros(8)), None, "codebook"),
-        (None, lambda m: m.update(bits=12), "bits=12"),
-        (None, lambda m: m.update(nonzero=10**9), "nonzero="),
-        (None, lambda m: m.update(shape=[20, 30]), "positions"),
-        (None, lambda m: m.update(entropy="lzw"), "entropy="),
+        (lambda p, m, t: (p.update(codes=p["codes"][:10]), _resized(m)), "stream ends"),
+        (lambda p, m, t: t.pop(f"{KEY}::encoded"), "lacks its part"),
+        (lambda p, m, t: p.update(codes_lengths=np.ones(32, dtype=np.uint8)), "Kraft"),
+        (lambda p, m, t: (p.update(codebook=p["codebook"][:32]), _resized(m)), "codebook takes 32 bytes"),
+        (lambda p, m, t: m.update(parts=[1, 2, 3]), "parts=[1, 2, 3]"),
+        (lambda p, m, t: m["parts"].__setitem__(2, m["parts"][2] + 1), "its parts take"),
+        (lambda p, m, t: m.update(bits=12), "bits=12"),
+        (lambda p, m, t: m.update(nonzero=10**9), "nonzero="),
+        (lambda p, m, t: m.update(shape=[20, 30]), "positions"),
+        (lambda p, m, t: m.update(entropy="lzw"), "entropy="),
     ],
 )
-def test_a_damaged_encoded_file_is_one_error_line(tmp_path, tensors, meta, says):
+def test_a_damaged_encoded_file_is_one_error_line(tmp_path, edit, says):
     model = pruned_fcl()
     quantized = KMeansQuantization(bits=5, finetune_epochs=0).apply(model, batches)
     export_model(model, FCL_CFG, tmp_path / "q.safetensors", quantized=quantized)
-    _rewrite(tmp_path / "q.safetensors", tmp_path / "bad.safetensors", tensors, meta)
+    _rewrite(tmp_path / "q.safetensors", tmp_path / "bad.safetensors", edit)
     with pytest.raises(SsmoeError) as err:
         load_model(tmp_path / "bad.safetensors")
     message = str(err.value)
     assert says in message and "\n" not in message and "bad.safetensors" in message
 
 
-def test_a_quantised_ptsne_mixture_exports_and_loads_to_the_same_predictions(tmp_path):
+def test_a_quantised_ptsne_mixture_exports_and_loads_to_the_same_predictions(run_cli, tmp_path):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -239,6 +250,11 @@ def test_a_quantised_ptsne_mixture_exports_and_loads_to_the_same_predictions(tmp
         loaded = load_model(tmp_path / "moe.safetensors", sparse_kernels=kernels)
         for batch in (1, 3, 256):  # every dispatch path
             assert torch.allclose(loaded(x[:batch]).logits, model(x[:batch]).logits, atol=1e-5), (kernels, batch)
+    info = run_cli("export", "--info", str(tmp_path / "moe.safetensors")).stdout
+    assert "format ssmoe-sparse/2" in info
+    for key in quantized.layers:
+        assert f"{key}.weight" in info
+    assert info.count("2^4 values, 5-bit indices, huffman coded") == len(quantized.layers)
 
 
 # -- the training job --------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ Format "ssmoe-sparse/1":
 
 Format "ssmoe-sparse/2" (written only when a layer is weight-shared, `quantize=kmeans`; a file
 without one is still written as /1, so older readers keep reading it): as /1, plus weight-shared
-layers stored in the encoded form of ssmoe_cli.quantize.codec: `<key>::codebook` (float32),
-`<key>::codes` and `<key>::index` (bit streams, uint8), with `::codes_lengths` and
-`::index_lengths` (canonical Huffman code lengths) when entropy coded; metadata `quantized`: per
-key, JSON {shape, nonzero, index_symbols, bits, index_bits, entropy}. A loaded shared layer's mask
-is exactly its stored positions.
+layers stored in the encoded form of ssmoe_cli.quantize.codec as one uint8 tensor
+`<key>::encoded`: the codebook (float32), the codes and the relative indices (bit streams), with
+their canonical Huffman code lengths when entropy coded; metadata `quantized`: per key, JSON
+{shape, nonzero, index_symbols, bits, index_bits, entropy, parts (byte counts)}. A loaded shared
+layer's mask is exactly its stored positions.
 
 Loading never runs code the file chooses: safetensors holds raw tensors (no pickle), and the model
 is built by ssmoe_cli.models.registry, which only calls the model, gate and topology classes ssmoe
@@ -140,7 +140,7 @@ def export_model(
         value = value.detach().cpu()
         if key in shared:
             layer = codec.encode_shared(masked[key], shared[key], entropy or quantized.entropy)  # type: ignore[union-attr]
-            tensors.update({f"{key}{SEP}{part}": torch.from_numpy(a.copy()) for part, a in layer.arrays.items()})
+            tensors[f"{key}{SEP}encoded"] = torch.from_numpy(layer.blob.copy())
             encoded[key] = layer.meta
             continue
         if key in masked:

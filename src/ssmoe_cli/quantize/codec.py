@@ -12,6 +12,10 @@ only its nonzero positions are stored, as two symbol streams and a codebook:
 
 Each stream is either packed at its fixed width (entropy "none") or canonical-Huffman coded
 (entropy "huffman", the paper's last stage), with the code lengths stored per symbol (one byte each).
+
+The parts are stored one after the other as one byte string (`PARTS` order; float32 little-endian
+for the codebook), their sizes in the metadata (`parts`): one tensor per layer, since each tensor
+costs some 80 bytes of file header, several percent of a small compressed file.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ if TYPE_CHECKING:
     from ssmoe_cli.quantize.kmeans import SharedLayer
 
 ENTROPY = ("huffman", "none")
+PARTS = {
+    "huffman": ("codebook", "codes_lengths", "codes", "index_lengths", "index"),
+    "none": ("codebook", "codes", "index"),
+}
 
 
 def relative_indices(positions: np.ndarray, index_bits: int) -> np.ndarray:
@@ -64,9 +72,9 @@ def unpack(payload: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EncodedLayer:
-    """One layer's streams as stored: `arrays` (name -> uint8 or float32 array) and `meta` (JSON-able)."""
+    """One layer as stored: its parts as one byte string (uint8) and its metadata (JSON-able)."""
 
-    arrays: dict[str, np.ndarray]
+    blob: np.ndarray
     meta: dict[str, object]
 
 
@@ -83,7 +91,7 @@ def encode_layer(
     if entropy not in ENTROPY:
         raise ValueError(f"entropy={entropy!r}: one of {', '.join(ENTROPY)}")
     index = relative_indices(positions, index_bits)
-    arrays = {"codebook": np.asarray(codebook, dtype=np.float32)}
+    arrays = {"codebook": np.asarray(codebook, dtype="<f4").view(np.uint8)}
     if entropy == "huffman":
         for name, symbols, width in (("codes", codes, bits), ("index", index, index_bits)):
             lengths = huffman.code_lengths(np.bincount(symbols, minlength=1 << width))
@@ -99,8 +107,9 @@ def encode_layer(
         "bits": bits,
         "index_bits": index_bits,
         "entropy": entropy,
+        "parts": [len(arrays[part]) for part in PARTS[entropy]],
     }
-    return EncodedLayer(arrays, meta)
+    return EncodedLayer(np.concatenate([arrays[part] for part in PARTS[entropy]]).astype(np.uint8), meta)
 
 
 def _int(meta: dict[str, object], key: str, low: int, high: int) -> int:
@@ -123,15 +132,28 @@ def check_meta(meta: dict[str, object]) -> tuple[int, int, int, int, int, str]:
     entropy = meta.get("entropy")
     if entropy not in ENTROPY:
         raise ValueError(f"entropy={entropy!r} is not one of {', '.join(ENTROPY)}")
+    sizes = meta.get("parts")
+    count = len(PARTS[str(entropy)])
+    if not (isinstance(sizes, list) and len(sizes) == count and all(_natural(n) for n in sizes)):
+        raise ValueError(f"parts={sizes!r} is not {count} byte counts")
     return numel, bits, index_bits, nonzero, index_symbols, str(entropy)
 
 
-def decode_layer(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
+def _natural(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def decode_layer(blob: np.ndarray, meta: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
     """(flat positions, float32 values) of a stored layer; ValueError naming what does not fit."""
     numel, bits, index_bits, nonzero, index_symbols, entropy = check_meta(meta)
-    codebook = arrays["codebook"]
-    if codebook.shape != (1 << bits,) or codebook.dtype != np.float32:
-        raise ValueError(f"the codebook is {codebook.dtype} {codebook.shape}, not float32 ({1 << bits},)")
+    sizes: list[int] = meta["parts"]  # type: ignore[assignment]  (check_meta checked it)
+    if blob.dtype != np.uint8 or blob.ndim != 1 or len(blob) != sum(sizes):
+        raise ValueError(f"its parts take {sum(sizes)} bytes, the stored ones are {blob.dtype} {tuple(blob.shape)}")
+    ends = np.cumsum(sizes)
+    arrays = {part: blob[end - size : end] for part, size, end in zip(PARTS[entropy], sizes, ends, strict=True)}
+    if len(arrays["codebook"]) != 4 << bits:
+        raise ValueError(f"the codebook takes {len(arrays['codebook'])} bytes, not {4 << bits} (2^{bits} float32)")
+    codebook = arrays["codebook"].view("<f4").astype(np.float32)
     if entropy == "huffman":
         codes = huffman.decode(arrays["codes"], arrays["codes_lengths"][: 1 << bits], nonzero)
         index = huffman.decode(arrays["index"], arrays["index_lengths"][: 1 << index_bits], index_symbols)
@@ -164,14 +186,11 @@ def encode_shared(layer: Masked, shared: SharedLayer, entropy: str) -> EncodedLa
 def decode_shared(
     key: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor], sep: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A stored shared layer's dense (weight, mask), its parts `<key><sep><part>` popped from
-    `tensors`; KeyError for a missing part, ValueError for anything that does not decode."""
-    parts = ["codebook", "codes", "index"] + (
-        ["codes_lengths", "index_lengths"] if meta.get("entropy") == "huffman" else []
-    )
-    arrays = {part: tensors.pop(f"{key}{sep}{part}").numpy() for part in parts}
+    """A stored shared layer's dense (weight, mask), its tensor `<key><sep>encoded` popped from
+    `tensors`; KeyError when it is missing, ValueError for anything that does not decode."""
+    blob = tensors.pop(f"{key}{sep}encoded").numpy()
     try:
-        positions, values = decode_layer(arrays, meta)
+        positions, values = decode_layer(blob, meta)
     except huffman.HuffmanError as exc:
         raise ValueError(str(exc)) from None
     shape = list(meta["shape"])  # decode_layer checked it
