@@ -47,6 +47,7 @@ class DynamicSparsity(PruningCallback):
     subclass gives the drop fraction at a time (`fraction`) and the growth scores (`grow_scores`)."""
 
     signed = False  # drop the smallest |w| (RigL); SET drops by sign
+    every_key = "every"  # the config key of the update interval, for messages (RigL: delta)
 
     def __init__(
         self,
@@ -63,16 +64,13 @@ class DynamicSparsity(PruningCallback):
         if not 0.0 < density <= 1.0:
             raise ValueError(f"prune.density={density} must be in (0, 1]")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"prune.every={every!r} must be a whole number >= 1")
+            raise ValueError(f"prune.{self.every_key}={every!r} must be a whole number >= 1")
         if unit not in UNITS:
             raise ValueError(f"prune.unit={unit!r}: choose epoch or step")
         if not 0.0 <= stop <= 1.0:
             raise ValueError(f"prune.stop={stop} must be in [0, 1] (a fraction of the training)")
-        self.density, self.target_nonzero, self.allocation = (
-            density,
-            check_budget(target_nonzero),
-            check_allocation(allocation),
-        )
+        self.density, self.target_nonzero = density, check_budget(target_nonzero)
+        self.allocation = check_allocation(allocation)
         self.every, self.unit, self.stop, self.seed = every, unit, stop, seed
         self.available: dict[str, torch.Tensor] = {}  # positions that exist by construction, per layer
         self.last_at = -1  # time of the last update (gradient accumulation: several batches per step)
@@ -112,12 +110,13 @@ class DynamicSparsity(PruningCallback):
             log.warning(
                 "prune: no topology update fits in this training (the first is at %s %d, the topology freezes "
                 "at prune.stop=%s x %s %s): the sparse network stays as drawn; raise trainer.max_epochs or "
-                "lower prune.every",
+                "lower prune.%s",
                 self.unit,
                 first,
                 self.stop,
                 f"{self._horizon:g}",
                 self.unit + "s",
+                self.every_key,
             )
 
     # -- updates ------------------------------------------------------------------------------------

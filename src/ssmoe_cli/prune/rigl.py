@@ -36,6 +36,8 @@ def cosine_fraction(alpha: float, t: int, t_end: float) -> float:
 class RigL(DynamicSparsity):
     """RigL: drop the smallest |w|, grow where |dense gradient| is largest, cosine-decayed fraction."""
 
+    every_key = "delta"
+
     def __init__(
         self,
         density: float = 0.05,
