@@ -5,6 +5,8 @@
 - magnitude: train -> prune smallest |w| -> retrain, in rounds (Han et al. 2015), or the gradual
   cubic schedule (Zhu & Gupta 2017);
 - obd: Optimal Brain Damage, saliency h_kk w^2 / 2 (LeCun et al. 1990), Fisher or Hutchinson;
+- obs: Optimal Brain Surgeon with its weight correction (Hassibi & Stork 1993), layer-wise as in OBC
+  (Frantar & Alistarh 2022), the algebra in surgeon.py;
 - random: the schedule of magnitude with random weights removed, the sanity baseline (Blalock et al. 2020);
 - set: sparse from the start, smallest weights replaced by random new ones each epoch (Mocanu et al. 2018);
 - rigl: sparse from the start, smallest weights replaced where the dense gradient is largest (Evci et al. 2020).
@@ -36,6 +38,7 @@ from ssmoe_cli.prune.masks import (
 )
 from ssmoe_cli.prune.none import NoPruning
 from ssmoe_cli.prune.obd import OBDPruning, fisher_diagonal, hutchinson_diagonal, obd_prune, obd_saliency
+from ssmoe_cli.prune.obs import OBSPruning, collect_hessians, obs_prune
 from ssmoe_cli.prune.random import RandomPruning, random_prune
 from ssmoe_cli.prune.rigl import RigL
 from ssmoe_cli.prune.schedule import Schedule
@@ -48,6 +51,7 @@ __all__ = [
     "MagnitudePruning",
     "NoPruning",
     "OBDPruning",
+    "OBSPruning",
     "PruneContext",
     "PruningCallback",
     "RandomPruning",
@@ -58,12 +62,14 @@ __all__ = [
     "allocate",
     "apply_masks",
     "budget_sparsity",
+    "collect_hessians",
     "fisher_diagonal",
     "hutchinson_diagonal",
     "layer_table",
     "magnitude_prune",
     "obd_prune",
     "obd_saliency",
+    "obs_prune",
     "prune_to",
     "random_masks",
     "random_prune",
