@@ -58,8 +58,11 @@ slurm-packages:
 train: setup
 	$(BIN)/ssmoe train $(ARGS)
 
+# Two pytest-xdist workers (TEST_WORKERS=0: one process): most tests wait on `ssmoe` subprocesses, so two
+# keep both cores busy. loadgroup keeps tests marked xdist_group(NAME) on one worker (the SLURM cluster).
+TEST_WORKERS ?= 2
 test: setup slurm-packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

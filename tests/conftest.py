@@ -18,6 +18,24 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FAST = ["trainer=debug", "timing.repeats_b1=5", "timing.repeats_b256=3"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs -n 2), start the long tests first: a worker that picks up a
+    minute-long CLI test near the end would leave the other worker idle while it finishes. Long here
+    means marked slow or running the CLI (run_cli, or a store for a CLI run: mlflow_db, mlflow_server).
+    Every worker sorts the same collection the same way (a stable sort), as xdist requires. A plain
+    `pytest` run keeps the files' order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    cli = {"run_cli", "mlflow_db", "mlflow_server"}
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if cli & set(getattr(item, "fixturenames", ())) else 2
+
+    items.sort(key=rank)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one thread is as fast, and immune to other processes busy on the machine."""

@@ -17,6 +17,9 @@ from conftest import FAST, cli_env, search_runs
 from slurm_cluster import REQUIRE_ENV, ClusterUnavailable, SlurmCluster
 
 TINY = ["model=fcl", "data=digits", *FAST]
+# Under pytest-xdist (make test) both tests run on one worker, so that one cluster serves them (two
+# clusters at once would each offer every CPU of the machine and register the same node name).
+pytestmark = pytest.mark.xdist_group("slurm")
 T = TypeVar("T")
 
 
