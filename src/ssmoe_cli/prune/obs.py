@@ -8,8 +8,9 @@ output row is H = (2/N) sum_i x_i x_i^T, damped to H + damp * mean(diag H) * I. 
 w_q^2 / (2 [H^-1]_qq), is then exactly the increase of E when weight q of a row is removed and the
 row's other survivors are corrected (no other scaling: E is a mean over samples of squared output
 errors, in the units of the layer's outputs). The algebra is in surgeon.py: each row's greedy OBS
-order (H^-1 updated after every removal), the layer's loss split over its rows by the lowest step
-losses, the corrected weights in closed form.
+order (H^-1 updated after every removal; on rows wider than 127, after every width/64 removals
+taken in exact OBS order among themselves), the layer's count split over its rows by the lowest
+step losses, the corrected weights in closed form.
 
 Per expert: an ExpertLinear layer (E, out, in) has one H per expert, from the rows that expert
 actually computes, i.e. the samples routed to it (the hooks read the gate's selection of the same
