@@ -37,7 +37,7 @@ from torch import Tensor
 from ssmoe_cli.errors import SsmoeError
 
 # Elements of the (rows, m, m) float64 blocks a step works on at once (~128 MB): bounds memory
-# whatever the layer's width. The greedy's speed hardly depends on the block size (measured).
+# whatever the layer's width. The greedy's speed hardly depends on the number of rows per block.
 BLOCK_ELEMENTS = 1 << 24
 SHRINK = 0.75  # compact H^-1 to the surviving columns when they are at most this fraction of its width
 
@@ -57,10 +57,19 @@ def dampen(h: Tensor, damp: float) -> Tensor:
     return h + torch.diag_embed(add.expand_as(diag))
 
 
-def _blocks(rows: int, width: int) -> Iterator[slice]:
-    step = max(1, BLOCK_ELEMENTS // max(width * width, 1))
-    for start in range(0, rows, step):
-        yield slice(start, min(start + step, rows))
+def _blocks(keep: Tensor) -> Iterator[Tensor]:
+    """Row indices in blocks of rows with similar kept counts (widest first), each block's
+    (rows, m, m) at most BLOCK_ELEMENTS for its widest row's m: a block costs its widest row's
+    width cubed per row, so rows of one width go together (after a round, rows keep very different
+    counts)."""
+    kept = keep.sum(1)
+    order = torch.argsort(kept, descending=True, stable=True)
+    start = 0
+    while start < len(order):
+        width = max(int(kept[order[start]]), 1)
+        step = max(1, BLOCK_ELEMENTS // (width * width))
+        yield order[start : start + step]
+        start += step
 
 
 def _compact(keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,7 +200,7 @@ def surgeon_order(
     order = torch.full((rows, d), -1, dtype=torch.long, device=w.device)
     losses = torch.full((rows, d), math.inf, dtype=torch.float32, device=w.device)
     saliency = torch.zeros((rows, d), dtype=torch.float32, device=w.device)
-    for block in _blocks(rows, d):
+    for block in _blocks(keep):
         cols, live = _compact(keep[block])
         hinv = _inverses(h, group[block], keep[block], cols, live)
         wb = torch.where(live, w[block].gather(1, cols).float(), 0.0)
@@ -236,7 +245,7 @@ def surgeon_weights(w: Tensor, keep: Tensor, h: Tensor, group: Tensor) -> Tensor
     for g in group[changed].unique():
         rows = changed[group[changed] == g]
         pull[rows] = removed[rows] @ h[g]
-    for block in _blocks(len(changed), keep.shape[1]):
+    for block in _blocks(keep[changed]):
         rows = changed[block]
         cols, live = _compact(keep[rows])
         factor = _cholesky(_sub_hessians(h, group[rows], cols, live))
