@@ -54,23 +54,45 @@ def test_frontier_quick_reaches_every_budget_exactly_and_reports(run_cli, tmp_pa
     assert {"tradeoff_nonzero.png", "tradeoff_active.png", "tradeoff_flops.png"} <= plots
 
 
-@pytest.mark.parametrize("method", ["magnitude", "obd", "random", "stochasticnet"])
+@pytest.mark.parametrize("method", ["magnitude", "obd", "random", "obs", "stochasticnet", "set", "rigl"])
 def test_frontier_composes_every_method_with_its_schedule(run_cli, method):
     import yaml
 
-    job = yaml.safe_load(run_cli("train", "experiment=frontier", f"frontier_method={method}", "--cfg", "job").stdout)
+    args = ("train", "experiment=frontier", f"frontier_method={method}", "--cfg", "job", "--resolve")
+    job = yaml.safe_load(run_cli(*args).stdout)
     prune = job["prune"]
     assert prune["_target_"].split(".")[-2] == method and prune["targets"] == ["hidden", "output", "route", "gate"]
     assert job["data"]["_target_"].endswith("FashionMNIST") and job["trainer"]["max_epochs"] == 6
-    schedule = {key: prune.get(key) for key in ("schedule", "rounds", "start", "every", "min_retrain")}
-    if method == "stochasticnet":  # drawn before training: no schedule, which it would refuse
+    schedule = {key: prune.get(key) for key in ("schedule", "rounds", "start", "min_retrain")}
+    if method in ("stochasticnet", "set", "rigl"):  # sparse before training: no pruning rounds, which they refuse
         assert set(schedule.values()) == {None}
     else:  # rounds after epochs 2, 3 and 4, then 2 of retraining: the 6 epochs
-        assert schedule == {"schedule": "iterative", "rounds": 3, "start": 2, "every": 1, "min_retrain": 2}
+        assert schedule == {"schedule": "iterative", "rounds": 3, "start": 2, "min_retrain": 2}
+        assert prune["every"] == 1 and prune["scope"] == "global"
+
+
+@pytest.mark.parametrize(
+    ("experiment", "data", "epochs", "rounds_at"),
+    [("frontier_mnist1d", "MNIST1D", 30, (8, 4, 14)), ("frontier_letter", "LetterRecognition", 12, (3, 2, 5))],
+)
+def test_pair_frontiers_scale_the_schedule_to_their_epochs(run_cli, experiment, data, epochs, rounds_at):
+    import yaml
+
+    job = yaml.safe_load(
+        run_cli("train", f"experiment={experiment}", "frontier_method=obd", "--cfg", "job", "--resolve").stdout
+    )
+    prune = job["prune"]
+    assert job["data"]["_target_"].endswith(data) and job["trainer"]["max_epochs"] == epochs
+    assert (prune["start"], prune["every"], prune["min_retrain"]) == rounds_at
+    assert prune["start"] + 2 * prune["every"] + prune["min_retrain"] == epochs  # the last round leaves its retraining
+    assert job["arch"]["fcl_hidden"] == [100, 100] and job["baseline"]["hidden"] == [100, 100]  # arch=small
 
 
 def test_frontier_sweeps_the_documented_grid(run_cli):
     out = run_cli("train", "experiment=frontier", "--cfg", "hydra").stdout
-    assert "model: fcl,sgmoe,ptsne_moe" in out and "frontier_method: magnitude,obd,stochasticnet,random" in out
+    assert (
+        "model: fcl,sgmoe,ptsne_moe" in out
+        and "frontier_method: magnitude,obd,stochasticnet,random,set,rigl,obs" in out
+    )
     assert "prune.target_nonzero: 266610,133305,66653,33326,16663,8332" in out and "seed: 0,1,2" in out
     assert "hydra_plugins.hydra_joblib_launcher" in out and "n_jobs: 2" in out
