@@ -1,5 +1,6 @@
 """The contract every gate implements (`Gate`), what it returns (`GateOutput`), and the pieces gates
-share: the top-k softmax and the squared coefficient of variation of their balancing losses."""
+share: the top-k softmax, the squared coefficient of variation of their balancing losses and the
+router z-loss of every learned-logit router."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from torch import Tensor, nn
 
 
 class GateOutput(NamedTuple):
-    weights: Tensor  # (B, E) gate values, exactly 0 outside the kept experts, rows sum to 1
-    indices: Tensor  # (B, k) long, kept expert ids, sorted by gate value descending
-    values: Tensor  # (B, k) gate values of those experts (= weights.gather(1, indices))
+    # (B, E) gate values, exactly 0 outside the kept experts. Rows sum to 1 for the token-choice
+    # gates (top-k, softmax); expert_choice keeps the raw router scores of the pairs its experts
+    # chose (Zhou et al. 2022), so its rows sum to at most 1 and a sample may have any number of experts.
+    weights: Tensor
+    # (B, m) long, kept expert ids sorted by gate value descending; m = k for the top-k gates.
+    # Padding pairs (expert_choice: samples with fewer experts than m) have value 0 and so
+    # contribute nothing to any dispatch.
+    indices: Tensor
+    values: Tensor  # (B, m) gate values of those experts (= weights.gather(1, indices))
     # Auxiliary losses ALREADY multiplied by their coefficients (scalar tensors); empty if none.
     aux: dict[str, Tensor]
     embedding: Tensor | None  # (B, 2) coordinates in the gate's 2-D map (ptsne), else None
@@ -100,3 +107,25 @@ def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
         return x.new_zeros(())
     # clamp, not + eps: above eps the value is exactly var / mean^2 in any dtype.
     return x.var(unbiased=False) / (x.mean() ** 2).clamp_min(eps)
+
+
+def router_z_loss(logits: Tensor) -> Tensor:
+    """ST-MoE's router z-loss (Zoph et al. 2022), unweighted: mean over the batch of
+    (logsumexp_e logits_be)^2. It keeps the router's logits small, so the softmax over them stays
+    in a numerically safe range; computed on the clean (noise-free) logits."""
+    return torch.logsumexp(logits, dim=1).square().mean()
+
+
+def z_loss_aux(logits: Tensor, weight: float, training: bool) -> dict[str, Tensor]:
+    """{"z_loss": weight * router_z_loss(logits)} in training mode with weight > 0, else {}: a
+    gate merges it into its aux losses (which the training loss sums and logs as train/aux/z_loss)."""
+    if training and weight > 0:
+        return {"z_loss": weight * router_z_loss(logits)}
+    return {}
+
+
+def loss_weight(key: str, weight: float) -> float:
+    """A gate's auxiliary-loss weight `key` checked: a finite number >= 0 (0 = off)."""
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight < float("inf"):
+        raise ValueError(f"{key}={weight!r}: must be a finite number >= 0 (an auxiliary loss weight; 0 = off)")
+    return float(weight)

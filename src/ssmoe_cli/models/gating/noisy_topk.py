@@ -3,7 +3,8 @@
     H(x)_i = (x W_g)_i + N(0, 1) * (softplus((x W_noise)_i) + noise_epsilon)
     G(x)   = softmax(KeepTopK(H(x), k))
 
-with W_g and W_noise zero at the start, noise only in training mode, and two balancing losses:
+with W_g and W_noise zero at the start, noise only in training mode, and two balancing losses
+(plus, with `z_loss` > 0, ST-MoE's router z-loss on the clean logits x W_g, base.py):
 
     L_importance = w_importance * CV(sum_x G(x))^2
     L_load       = w_load * CV(sum_x P(x, i))^2,
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssmoe_cli.models.gating.base import Gate, GateOutput, cv_squared, topk_softmax
+from ssmoe_cli.models.gating.base import Gate, GateOutput, cv_squared, loss_weight, topk_softmax, z_loss_aux
 from ssmoe_cli.models.layers import MaskedLinear, set_role
 
 
@@ -53,6 +54,7 @@ class NoisyTopKGate(Gate):
         noise_epsilon: float = 1e-2,
         w_importance: float = 0.01,
         w_load: float = 0.01,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__()
         if not 1 <= k <= num_experts:
@@ -60,6 +62,7 @@ class NoisyTopKGate(Gate):
         self.num_experts, self.k = num_experts, k
         self.noisy, self.noise_epsilon = noisy, noise_epsilon
         self.w_importance, self.w_load = w_importance, w_load
+        self.z_loss = loss_weight("gating.z_loss", z_loss)
         self.w_gate = MaskedLinear(in_features, num_experts, bias=False)
         self.w_noise = MaskedLinear(in_features, num_experts, bias=False)
         # Zero start (paper, section 3): uniform gates and unit-ish noise, so every expert is tried.
@@ -92,6 +95,8 @@ class NoisyTopKGate(Gate):
         aux = {
             "importance": self.w_importance * cv_squared(importance),
             "load": self.w_load * cv_squared(load),
+            # On the clean logits: the noise is a training device, the router's scale is x W_g's.
+            **z_loss_aux(clean, self.z_loss, self.training),
         }
         return GateOutput(weights, indices, values, aux, None)
 
@@ -103,4 +108,7 @@ class NoisyTopKGate(Gate):
         return self.w_gate.nonzero_weights()
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, noisy={self.noisy}, w_importance={self.w_importance}, w_load={self.w_load}"
+        return (
+            f"k={self.k}, noisy={self.noisy}, w_importance={self.w_importance}, w_load={self.w_load}, "
+            f"z_loss={self.z_loss}"
+        )
