@@ -134,11 +134,13 @@ def test_moe_routing_metrics_and_plots(tmp_path):
         moe.gate.w_gate.weight.normal_()
     x, y = torch.randn(50, 6), torch.randint(0, 3, (50,))
     metrics, view = routing_metrics(moe, x, y, x, y)
-    assert set(metrics) == {"experts/load_cv2", "experts/load_max_over_mean", "experts/output_corr", "gate/entropy"}
+    assert {"experts/load_cv2", "experts/load_max_over_mean", "experts/output_corr", "gate/entropy"} <= set(metrics)
+    assert not any(name.startswith("gate/") and name != "gate/entropy" for name in metrics)  # no map: no map metrics
     load = view.load.double()
     assert metrics["experts/load_cv2"] == pytest.approx(float(load.var(unbiased=False) / load.mean() ** 2))
     assert moe.training  # the mode is restored
-    assert [p.name for p in routing_plots(view, tmp_path)] == ["expert_load.png"]  # no map: no gating map
+    plots = [p.name for p in routing_plots(view, tmp_path)]
+    assert "expert_load.png" in plots and "gating_map.png" not in plots  # no map: no gating map
 
 
 def test_latency_timer_runs_in_eval_mode_and_restores_the_mode():

@@ -49,6 +49,16 @@ LOAD_CV2 = "experts/load_cv2"
 LOAD_MAX_OVER_MEAN = "experts/load_max_over_mean"
 OUTPUT_CORR = "experts/output_corr"
 GATE_ENTROPY = "gate/entropy"
+# Routing diagnostics of issue 14 (models/diagnostics.py has their definitions).
+MAX_VIO = "experts/max_vio"
+DEAD_EXPERTS = "experts/dead"
+UTIL_MIN = "experts/util_min"
+UTIL_MAX = "experts/util_max"
+IMPORTANCE_CV2 = "experts/importance_cv2"
+CLASS_MI = "experts/class_mi"
+DROPPED_PAIRS = "experts/dropped_pairs"
+DROPPED_SAMPLES = "experts/dropped_samples"
+OUTPUT_CORR_ROUTED = "experts/output_corr_routed"
 GATE_TSNE_KL = "gate/tsne_kl"
 GATE_TRUSTWORTHINESS = "gate/trustworthiness"
 GATE_KNN1_ACC = "gate/knn1_acc"
@@ -139,6 +149,24 @@ ALL: tuple[Metric, ...] = (
     Metric(LOAD_MAX_OVER_MEAN, "expert load max / mean", "load max/mean", "{:.2f}", "float", scope="moe", low=1.0),
     Metric(OUTPUT_CORR, "expert output correlation", "expert corr", "{:.3f}", "float", scope="moe", low=-1.0, high=1.0),
     Metric(GATE_ENTROPY, "gate entropy (nats)", "gate entropy", "{:.3f}", "float", scope="moe"),
+    Metric(MAX_VIO, "expert load MaxVio (max / mean - 1)", "MaxVio", "{:.3f}", "float", scope="moe"),
+    Metric(DEAD_EXPERTS, "dead experts (no test sample routed)", "dead", "{:.0f}", "count", scope="moe"),
+    Metric(UTIL_MIN, "least-used expert, fraction of test samples", "util min", "{:.4f}", "fraction", scope="moe"),
+    Metric(UTIL_MAX, "most-used expert, fraction of test samples", "util max", "{:.4f}", "fraction", scope="moe"),
+    Metric(IMPORTANCE_CV2, "gate mass per expert CV^2", "mass CV²", "{:.3f}", "float", scope="moe"),
+    Metric(CLASS_MI, "class-expert mutual information (nats)", "class MI", "{:.3f}", "float", scope="moe"),
+    Metric(DROPPED_PAIRS, "pairs dropped by capacity, batch 256", "dropped", "{:.4f}", "fraction", scope="moe"),
+    Metric(DROPPED_SAMPLES, "samples with every pair dropped", "lost", "{:.4f}", "fraction", scope="moe"),
+    Metric(
+        OUTPUT_CORR_ROUTED,
+        "expert output correlation, routed inputs",
+        "routed corr",
+        "{:.3f}",
+        "float",
+        scope="moe",
+        low=-1.0,
+        high=1.0,
+    ),
     Metric(GATE_TSNE_KL, "gate t-SNE KL", "t-SNE KL", "{:.3f}", "float", scope="map"),
     Metric(GATE_TRUSTWORTHINESS, "gate trustworthiness T(12)", "trust T(12)", "{:.4f}", "fraction", scope="map"),
     Metric(GATE_KNN1_ACC, "gate 1-NN accuracy", "gate 1-NN %", "{:.4f}", "fraction", scope="map"),

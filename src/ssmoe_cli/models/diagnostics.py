@@ -1,10 +1,33 @@
 """Routing diagnostics of a trained model on held-out data (part of the metrics contract).
 
 Any model: one that is not routed (routing_of(model) is None) has none, so callers need no switch.
-- experts/load_cv2, experts/load_max_over_mean: of the fraction of (sample, expert) assignments each
-  expert receives on the test set (CV^2 = population variance / mean^2, as Shazeer et al.).
-- experts/output_corr: mean pairwise Pearson correlation of the experts' outputs on the same inputs
-  (every expert run on one shared test subsample).
+The gate sees the test set in batches of EVAL_BATCH (256), the batch of `time/infer_ms_b256`: a gate
+whose choice depends on the batch (expert choice) is measured as it serves such batches.
+
+Routed: a sample is routed to expert e when e is among its active experts (gate value > 0) in
+eval mode. Over the test set:
+- experts/load_cv2, experts/load_max_over_mean: of each expert's share of the (sample, expert)
+  assignments (CV^2 = population variance / mean^2, as Shazeer et al.); experts/max_vio = max / mean
+  - 1 of the same shares (MaxVio, the load violation the MoE libraries log).
+- experts/dead: experts no test sample is routed to.
+- experts/util_min, experts/util_max: the smallest and largest fraction of test samples routed to
+  one expert (k of them per sample: the fractions sum to the mean k); experts/importance_cv2: CV^2
+  of each expert's share of the gate mass (Shazeer's importance). The per-expert table
+  (`expert_utilisation.csv`) has each expert's samples, assignment share and gate-mass share.
+- experts/class_mi: mutual information (nats) between a test sample's class and the expert its
+  gate mass goes to, p(c, e) = p(c) * mean gate value of e over class c: 0 when every class is
+  spread alike, at most min(log classes, log experts). Its table is the per-class routing
+  (`routing_by_class.csv`: rows classes, columns experts, each row the class's gate mass, sum 1).
+- experts/dropped_pairs, experts/dropped_samples: with a capacity limit (the model's
+  `Routing.drop_counts`), the fraction of (sample, expert) pairs dropped, and of samples that lost
+  every pair, over the test set in batches of 256; 0 for a model without a capacity limit.
+- experts/output_corr: mean pairwise Pearson correlation of the experts' outputs (logits) on the
+  same 1,000 test inputs, every expert run on every one (the statistic of runs before issue 14).
+- experts/output_corr_routed: the same correlation on the inputs the experts are actually routed:
+  for each pair of experts, the Pearson correlation of their logits over the test samples (of a
+  2,000 subsample) routed to both; the mean over pairs sharing at least MIN_SHARED samples,
+  weighted by how many they share (the correlation of the experts one sample's output mixes).
+  NaN when no pair shares that many (k = 1: no sample mixes two experts).
 - gate/entropy: mean entropy (nats) of the gate's weights per test sample.
 - gates with a 2-D map only (their `embed` gives one): gate/trustworthiness, trustworthiness
   T(12) of the embedding of a held-out subsample vs its inputs; gate/knn1_acc, 1-NN accuracy of
@@ -23,16 +46,105 @@ from ssmoe_cli import metrics as names
 from ssmoe_cli.models.base import Routing, routing_of
 from ssmoe_cli.models.gating.base import cv_squared
 
+EVAL_BATCH = 256  # test batches the gate (and a capacity limit) sees
+MIN_SHARED = 10  # a pair of experts enters output_corr_routed with at least this many shared samples
+
 
 @dataclass
 class GateView:
-    """What the plots need: loads per expert, and the map when the gate has one."""
+    """What the plots and their tables need: per-expert use, per-class routing, the map if any."""
 
-    load: torch.Tensor  # (E,) fraction of assignments
+    load: torch.Tensor  # (E,) share of the test set's (sample, expert) assignments
     embedding: torch.Tensor | None = None  # (N, 2) test subsample
     labels: torch.Tensor | None = None
     centres: torch.Tensor | None = None
     sources: torch.Tensor | None = None  # (E, D) in-links
+    samples: torch.Tensor | None = None  # (E,) fraction of test samples routed to each expert
+    mass: torch.Tensor | None = None  # (E,) share of the test set's gate mass
+    by_class: torch.Tensor | None = None  # (C, E) each class's gate mass over the experts (rows sum to 1)
+    class_counts: torch.Tensor | None = None  # (C,) test samples per class
+
+
+@dataclass(frozen=True)
+class Utilisation:
+    """Per-expert use of a set of samples, from their (N, E) gate weights."""
+
+    samples: torch.Tensor  # (E,) fraction of the samples routed to each expert
+    assignments: torch.Tensor  # (E,) share of all (sample, expert) assignments (sum 1)
+    mass: torch.Tensor  # (E,) share of the total gate mass (sum 1)
+
+    @property
+    def dead(self) -> int:
+        """Experts no sample is routed to."""
+        return int((self.samples == 0).sum())
+
+    @property
+    def max_vio(self) -> float:
+        """MaxVio: the busiest expert's assignments over the mean, minus 1 (0 = perfectly even)."""
+        return float(self.assignments.max() / self.assignments.mean() - 1)
+
+
+def utilisation(weights: torch.Tensor) -> Utilisation:
+    """Per-expert use from (N, E) eval-mode gate weights (0 outside each sample's active experts)."""
+    w = weights.double()
+    active = w > 0
+    count = active.sum(0).double()
+    # No assignment at all (an empty set): every share 0 rather than 0/0.
+    assignments = count / count.sum().clamp_min(1)
+    mass = w.sum(0) / w.sum().clamp_min(1e-12)
+    return Utilisation(count / max(len(w), 1), assignments, mass)
+
+
+def class_routing(weights: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """((C, E) each class's gate mass over the experts, rows summing to 1 (0 for an absent class),
+    (C,) samples per class)."""
+    w = weights.double()
+    mass = torch.zeros(num_classes, w.shape[1], dtype=torch.float64, device=w.device).index_add_(0, labels, w)
+    counts = torch.bincount(labels, minlength=num_classes)
+    return mass / mass.sum(1, keepdim=True).clamp_min(1e-12), counts
+
+
+def class_expert_mi(by_class: torch.Tensor, class_counts: torch.Tensor) -> float:
+    """I(class; expert) in nats of p(c, e) = p(c) * by_class[c, e] (class_routing's table)."""
+    p_c = class_counts.double() / class_counts.sum().clamp_min(1)
+    joint = p_c.unsqueeze(1) * by_class.double()
+    p_e = joint.sum(0, keepdim=True)
+    ratio = joint / (p_c.unsqueeze(1) * p_e).clamp_min(1e-300)
+    return float(torch.where(joint > 0, joint * ratio.clamp_min(1e-300).log(), joint.new_zeros(())).sum())
+
+
+def routed_output_corr(outputs: torch.Tensor, active: torch.Tensor, min_shared: int = MIN_SHARED) -> float:
+    """Mean over expert pairs of the Pearson correlation of their outputs on the samples routed to
+    both, weighted by the number of such samples; pairs sharing fewer than min_shared are left out.
+
+    outputs: (E, N, C) each expert's outputs on the N samples; active: (N, E) bool routing.
+    """
+    n_exp = outputs.shape[0]
+    total = weight = 0.0
+    for i in range(n_exp):
+        for j in range(i + 1, n_exp):
+            shared = active[:, i] & active[:, j]
+            n = int(shared.sum())
+            if n < min_shared:
+                continue
+            r = torch.corrcoef(torch.stack([outputs[i, shared].flatten(), outputs[j, shared].flatten()]).double())
+            if torch.isfinite(r[0, 1]):  # a constant output has no correlation
+                total += n * float(r[0, 1])
+                weight += n
+    return total / weight if weight else float("nan")
+
+
+def dropped(routing: Routing, x: torch.Tensor, batch: int = EVAL_BATCH) -> tuple[float, float]:
+    """(fraction of (sample, expert) pairs dropped, fraction of samples that lost every pair) when x
+    passes in batches of `batch`; (0, 0) for a model without a capacity limit (no drop_counts)."""
+    counts = getattr(routing, "drop_counts", None)
+    if counts is None or len(x) == 0:
+        return 0.0, 0.0
+    pairs = lost_pairs = lost_samples = 0
+    for xb in x.split(batch):
+        p, d, s = counts(xb)
+        pairs, lost_pairs, lost_samples = pairs + int(p), lost_pairs + int(d), lost_samples + int(s)
+    return lost_pairs / max(pairs, 1), lost_samples / len(x)
 
 
 @torch.no_grad()
@@ -70,17 +182,35 @@ def _routing_metrics(
     pick = torch.randperm(len(x_test), generator=gen)[: min(subsample, len(x_test))].to(x_test.device)
     x_sub, y_sub = x_test[pick], y_test[pick]
 
-    weights = routing.gate_weights(x_test)
-    active = weights > 0
-    load = active.sum(0).double() / active.sum()
+    weights = routing.gate_weights(x_test, chunk=EVAL_BATCH)
+    use = utilisation(weights)
+    load = use.assignments
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum(1).mean()
+    num_classes = int(max(int(y_train.max()), int(y_test.max()))) + 1 if len(y_test) else 0
+    by_class, class_counts = class_routing(weights, y_test.long(), num_classes)
+    drop_pairs, drop_samples = dropped(routing, x_test)
     metrics = {
         names.LOAD_CV2: float(cv_squared(load)),
         names.LOAD_MAX_OVER_MEAN: float(load.max() / load.mean()),
+        names.MAX_VIO: use.max_vio,
+        names.DEAD_EXPERTS: float(use.dead),
+        names.UTIL_MIN: float(use.samples.min()),
+        names.UTIL_MAX: float(use.samples.max()),
+        names.IMPORTANCE_CV2: float(cv_squared(use.mass)),
+        names.CLASS_MI: class_expert_mi(by_class, class_counts),
+        names.DROPPED_PAIRS: drop_pairs,
+        names.DROPPED_SAMPLES: drop_samples,
         names.OUTPUT_CORR: expert_output_corr(routing, x_sub[:1000]),
+        names.OUTPUT_CORR_ROUTED: expert_output_corr_routed(routing, x_sub, weights[pick] > 0),
         names.GATE_ENTROPY: float(entropy),
     }
-    view = GateView(load=load.float().cpu())
+    view = GateView(
+        load=load.float().cpu(),
+        samples=use.samples.float().cpu(),
+        mass=use.mass.float().cpu(),
+        by_class=by_class.float().cpu(),
+        class_counts=class_counts.cpu(),
+    )
 
     gate = routing.gate
     emb_sub = gate.embed(x_sub)
@@ -101,13 +231,27 @@ def _routing_metrics(
     return metrics, view
 
 
+def _all_outputs(routing: Routing, x: torch.Tensor) -> torch.Tensor:
+    """(E, N, C) every expert's outputs on x (expert e on row block e)."""
+    return routing.run_experts(x.unsqueeze(0).expand(routing.num_experts, -1, -1))
+
+
 @torch.no_grad()
 def expert_output_corr(routing: Routing, x: torch.Tensor) -> float:
     """Mean off-diagonal Pearson correlation between experts' outputs on the same inputs."""
     n_exp = routing.num_experts
     if n_exp < 2 or len(x) < 2:
         return float("nan")
-    out = routing.run_experts(x.unsqueeze(0).expand(n_exp, -1, -1)).reshape(n_exp, -1).double()
+    out = _all_outputs(routing, x).reshape(n_exp, -1).double()
     corr = torch.corrcoef(out)
     off = ~torch.eye(n_exp, dtype=torch.bool, device=corr.device)
     return float(corr[off].nanmean())
+
+
+@torch.no_grad()
+def expert_output_corr_routed(routing: Routing, x: torch.Tensor, active: torch.Tensor) -> float:
+    """routed_output_corr of the experts on x, `active` (N, E) their routing of x. Every expert runs
+    on all of x in one batched pass (cheaper than gathering); only routed samples' outputs are read."""
+    if routing.num_experts < 2 or len(x) < 2:
+        return float("nan")
+    return routed_output_corr(_all_outputs(routing, x), active)
