@@ -140,7 +140,7 @@ def main(args: list[str]) -> int:
 
 
 def run(ns: argparse.Namespace, fmt: str, console: Any, notes_only: bool = False) -> int:
-    from ssmoe_cli.report import query
+    from ssmoe_cli.report import ablation_text, query
     from ssmoe_cli.report.build import build_report
     from ssmoe_cli.report.publish import log_run, make_plots, slug
     from ssmoe_cli.report.render import render
@@ -177,15 +177,17 @@ def run(ns: argparse.Namespace, fmt: str, console: Any, notes_only: bool = False
     plots_dir: Path = ns.plots_dir or Path("reports") / slug("+".join(names))
     plots = make_plots(report, client, plots_dir)
     report.plots = [str(p) for p in plots]
+    routing = ablation_text.of(report)  # the gates of a routing ablation against ptsne (report/ablation.py)
     run_id = log_run(report, client, names[0], plots) if ns.log_run else None
 
     base = ns.output.parent if ns.output is not None else None
     if fmt == "rich" and ns.output is not None:
         text_console = _text_console()
         print_rich(report, text_console, intervals=True)
+        ablation_text.print_rich(routing, text_console)
         _write(ns.output, text_console.file.getvalue())
     elif fmt != "rich":
-        text = render(report, fmt, base)
+        text = ablation_text.amend(render(report, fmt, base), fmt, routing)
         if ns.output is not None:
             _write(ns.output, text)
         else:
@@ -193,6 +195,7 @@ def run(ns: argparse.Namespace, fmt: str, console: Any, notes_only: bool = False
             sys.stdout.flush()
     if not notes_only:
         print_rich(report, console, intervals=ns.intervals)
+        ablation_text.print_rich(routing, console)
 
     runs = sum(len(g.runs) for g in report.groups)
     lines = [f"{len(report.groups)} configuration(s) from {runs} run(s) in {where}"]

@@ -1,0 +1,215 @@
+"""The routing ablation (issue 14): every gate against the paper's t-SNE gate, paired by seed.
+
+A report has an ablation wherever configurations differ only in their gate (`gating` is a shown key)
+and one of them uses the reference gate, `ptsne` (experiment=ablation_routing; ablation_gating too).
+Each other gate is a row: its validation and test accuracy (mean [95% t CI] over seeds), its
+difference from ptsne paired by seed (gate − ptsne, points, paired t 95% CI over the seeds both ran),
+and its routing diagnostics (mean over seeds). Validation accuracy decides, test accuracy is only
+reported (report/selection.py's rule). Each row's verdict:
+
+- the interval is below 0: ptsne is better, so what the control removes carries an effect;
+- above 0: the control is better, so that ingredient of ptsne costs accuracy;
+- includes 0: the ingredient is not shown to matter (not shown: three seeds detect only large effects);
+- fewer than 2 paired seeds: not measurable.
+
+Each interval is 95% on its own: with seven controls, one spurious verdict in some experiments is
+expected by chance. The sentence names which ingredients carry the effect, if any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ssmoe_cli import metrics as M
+from ssmoe_cli.report.intervals import Paired, Summary, paired_differences
+from ssmoe_cli.report.records import Group
+from ssmoe_cli.report.verdicts import Status
+
+KEY = "gating"
+REFERENCE = "ptsne"
+# What each control takes away from the paper's gate, or which router of the field it is.
+REMOVES = {
+    "ptsne_random": "the centres' placement",
+    "pca_map": "the t-SNE objective",
+    "input_kmeans": "the 2-D map",
+    "lsh": "learned routing",
+}
+ROUTERS = {
+    "noisy_topk": "noisy top-k (Shazeer 2017)",
+    "switch": "the Switch router (Fedus 2021)",
+    "expert_choice": "expert choice (Zhou 2022)",
+    "softmax": "a dense softmax gate",
+}
+# The diagnostics shown per gate (mean over seeds): (metric, column header, format).
+DIAGNOSTICS = (
+    (M.DEAD_EXPERTS, "dead", "{:.1f}"),
+    (M.MAX_VIO, "MaxVio", "{:.2f}"),
+    (M.LOAD_CV2, "load CV²", "{:.3f}"),
+    (M.OUTPUT_CORR_ROUTED, "routed corr", "{:.3f}"),
+    (M.CLASS_MI, "class MI", "{:.2f}"),
+    (M.GATE_TRUSTWORTHINESS, "T(12)", "{:.3f}"),
+    (M.GATE_KNN1_ACC, "1-NN", "{:.3f}"),
+)
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One gate of the ablation: its group, and (a control only) its differences from the reference."""
+
+    gate: str
+    group: Group
+    val: Paired | None  # gate − reference, validation accuracy in points; None for the reference
+    test: Paired | None
+    status: Status | None
+    claim: str  # what the row tests: "the t-SNE objective matters", "ptsne beats noisy top-k (...)"
+    short: str  # the verdict in words ("the t-SNE objective is not shown to matter"; "reference")
+    verdict: str  # the same after the numbers it rests on (empty for the reference)
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """The gates of configurations that differ only in their gate, the reference first."""
+
+    context: str  # what the configurations share, as a label
+    rows: list[Row]
+    sentence: str
+
+
+def _points(p: Paired) -> str:
+    s = p.summary
+    if s.mean is None:
+        return DASH
+    if s.ci_low is None or s.ci_high is None:
+        return f"{s.mean:+.2f} (1 seed)"
+    return f"{s.mean:+.2f} [{s.ci_low:+.2f}, {s.ci_high:+.2f}]"
+
+
+def _what(gate: str) -> str:
+    return REMOVES.get(gate) or ROUTERS.get(gate) or f"gate {gate}"
+
+
+def claim(gate: str) -> str:
+    """What a row tests: that the ingredient its control removes matters, or that ptsne beats a router."""
+    return f"{REMOVES[gate]} matters" if gate in REMOVES else f"{REFERENCE} beats {_what(gate)}"
+
+
+def judge(gate: str, val: Paired) -> tuple[Status, str, str]:
+    """(status, verdict in words, the same after its numbers) from the paired validation interval."""
+    s = val.summary
+    head = f"{gate} vs {REFERENCE}: {_points(val)} points (validation, paired by seed)"
+    if s.mean is None or s.ci_low is None or s.ci_high is None:
+        short = f"{'no seed' if val.n == 0 else 'a single seed'} pairs with {REFERENCE}: no interval"
+        return "not measurable", short, f"{head}: {short}"
+    control, what = gate in REMOVES, _what(gate)
+    if s.ci_high < 0:
+        short = f"{REFERENCE} is better: " + (f"{what} matters" if control else f"{REFERENCE} beats {what}")
+        return "supported", short, f"{head}: {short}"
+    if s.ci_low > 0:
+        short = f"{gate} is better: " + (
+            f"{REFERENCE}'s {what} costs accuracy" if control else f"{what} beats {REFERENCE}"
+        )
+        return "not supported", short, f"{head}: {short}"
+    short = f"{what} is not shown to matter" if control else f"not shown to differ from {what}"
+    return "not supported", short, f"{head}: {short}"
+
+
+def _better(r: Row) -> bool:
+    """The gate's whole validation interval is above the reference's (it is the better one)."""
+    return r.val is not None and r.val.summary.ci_low is not None and r.val.summary.ci_low > 0
+
+
+def _sentence(rows: Sequence[Row]) -> str:
+    """Which ingredients carry the effect, if any, and how ptsne stands against the field's routers."""
+    judged = [r for r in rows if r.status is not None]
+    controls = [r for r in judged if r.gate in REMOVES]
+    routers = [r for r in judged if r.gate not in REMOVES]
+    carry = [_what(r.gate) for r in controls if r.status == "supported"]
+    parts = []
+    if carry:
+        parts.append(f"the paper's gate owes its effect to {', '.join(carry)} (the control without it is worse)")
+    elif controls:
+        parts.append("no ingredient of the paper's gate is shown to carry an effect (no control is worse than ptsne)")
+    costs = [_what(r.gate) for r in controls if _better(r)]
+    if costs:
+        parts.append(f"{', '.join(costs)} costs accuracy (the control without it is better)")
+    if routers:
+        worse = ", ".join(r.gate for r in routers if r.status == "supported") or "none"
+        better = ", ".join(r.gate for r in routers if _better(r)) or "none"
+        parts.append(f"of the other routers ptsne beats {worse} and loses to {better}")
+    unknown = [r.gate for r in judged if r.status == "not measurable"]
+    if unknown:
+        parts.append(f"not measurable: {', '.join(unknown)}")
+    text = "; ".join(parts) or "no other gate to compare"
+    return text[0].upper() + text[1:] + " (validation accuracy, paired 95% intervals)."
+
+
+def _ablation(context: str, groups: Sequence[Group]) -> Ablation:
+    ref = next(g for g in groups if g.value(KEY) == REFERENCE)
+    rows = [Row(REFERENCE, ref, None, None, None, "", "reference", "")]
+    for g in groups:
+        if g is ref:
+            continue
+        gate = str(g.value(KEY))
+        val = paired_differences(g.by_seed(M.VAL_ACC), ref.by_seed(M.VAL_ACC), scale=100)
+        test = paired_differences(g.by_seed(M.TEST_ACC), ref.by_seed(M.TEST_ACC), scale=100)
+        status, short, verdict = judge(gate, val)
+        rows.append(Row(gate, g, val, test, status, claim(gate), short, verdict))
+    return Ablation(context, rows, _sentence(rows))
+
+
+def ablations(groups: Sequence[Group], keys: Sequence[str], names: dict[str, str]) -> list[Ablation]:
+    """One ablation per set of configurations that differ only in their gate and include ptsne."""
+    if KEY not in keys:
+        return []
+    sets: dict[tuple, list[Group]] = {}
+    for g in groups:
+        sets.setdefault(tuple((k, v) for k, v in g.key if k != KEY), []).append(g)
+    out = []
+    for shared, members in sets.items():
+        gates = [g.value(KEY) for g in members]
+        if REFERENCE in gates and len(set(gates)) > 1:
+            label = ", ".join(f"{names.get(k, k)}={v}" for k, v in shared if v is not None)
+            out.append(_ablation(label, members))
+    return out
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _acc(s: Summary) -> str:
+    if s.mean is None:
+        return DASH
+    if s.ci_low is None or s.ci_high is None:
+        return f"{100 * s.mean:.2f}"
+    return f"{100 * s.mean:.2f} [{100 * s.ci_low:.2f}, {100 * s.ci_high:.2f}]"
+
+
+HEADER = [
+    "gate",
+    "seeds",
+    "val acc %",
+    "test acc %",
+    f"Δ val vs {REFERENCE}",
+    f"Δ test vs {REFERENCE}",
+    *(h for _, h, _ in DIAGNOSTICS),
+    "verdict",
+]
+CAPTION = (
+    f"accuracy: mean [95% t CI] over seeds; Δ: gate − {REFERENCE} in points, paired by seed [paired t 95% CI]; "
+    "validation decides, test is only reported; diagnostics: mean over seeds (— not logged: T(12) and 1-NN "
+    "only for gates with a 2-D map); each interval is 95% on its own"
+)
+
+
+def rows(a: Ablation) -> list[list[str]]:
+    """The table's rows (HEADER's columns), the reference first."""
+    out = []
+    for r in a.rows:
+        g = r.group
+        diag = [fmt.format(m) if (m := g.mean(name)) is not None else DASH for name, _, fmt in DIAGNOSTICS]
+        deltas = [DASH, DASH] if r.val is None or r.test is None else [_points(r.val), _points(r.test)]
+        acc = [_acc(g.summary(M.VAL_ACC)), _acc(g.summary(M.TEST_ACC))]
+        out.append([r.gate, str(len(g.seeds)), *acc, *deltas, *diag, r.short])
+    return out
