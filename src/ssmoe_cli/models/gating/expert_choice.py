@@ -22,10 +22,10 @@ device (free on CPU, a sync on GPU).
 
 The routing depends on the whole batch. Small batches at inference: every expert takes at least
 one sample (c >= 1), so a batch of B samples makes E * c pairs, E * c / B >= E / B experts per
-sample on average instead of about capacity_factor * k. With B = 1, c = ceil(cf * k / E) = 1 and
-every expert takes the one sample: all E experts run, each weighted by its score (a dense softmax
-mixture), E / k times the expert compute of a sample in a large batch; B = 2 with E = 8, k = 2
-still gives 4 experts a sample. Evaluate in batches with B * cf * k / E >> 1 to keep the routing
+sample on average instead of about capacity_factor * k. With B = 1, c = 1 and every expert takes
+the one sample: all E experts run, each weighted by its score (a dense softmax mixture), about
+E / (capacity_factor * k) times the expert compute of a sample in a large batch; B = 2 with E = 8,
+k = 2 still gives 4 experts a sample. Evaluate in batches with B * cf * k / E >> 1 to keep the routing
 sparse (the accounting runs the gate on chunks of up to 4,096 test samples: that regime).
 """
 
