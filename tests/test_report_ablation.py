@@ -147,7 +147,7 @@ def test_ssmoe_report_prints_and_writes_the_ablation(tmp_path, store_template):
     _store(tmp_path)
     base = ["report", "-e", "ablation_routing", "--plots-dir", "plots"]
     md, term = run_parallel(
-        (tmp_path, [*base, "--format", "markdown", "-o", "report.md"]),
+        (tmp_path, [*base, "--format", "markdown", "-o", "report.md", "--log-run"]),
         (tmp_path, [*base]),
     )
     text = (tmp_path / "report.md").read_text()
@@ -156,3 +156,44 @@ def test_ssmoe_report_prints_and_writes_the_ablation(tmp_path, store_template):
     assert "The paper's gate owes its effect to the t-SNE objective" in text
     assert "Routing ablation: each gate vs ptsne" in term.stdout
     assert "ptsne is better: the t-SNE objective matters" in " ".join(term.stdout.split())
+    from mlflow.tracking import MlflowClient  # the report run carries the ablation beside its report.md
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ablation_routing")
+    (report_run,) = client.search_runs([exp.experiment_id], "tags.run_type = 'report'")
+    assert {"report.md", "ablation.md"} <= {f.path for f in client.list_artifacts(report_run.info.run_id)}
+    got = Path(client.download_artifacts(report_run.info.run_id, "ablation.md", str(tmp_path / "got")))
+    assert got.read_text().strip() == text[text.index("## Routing ablation") : text.index("## Notes")].strip()
+
+
+def test_the_ablation_sweeps_every_gate_on_the_same_experts_within_one_reachable_budget(one_thread):
+    """experiment=ablation_routing: each swept gate whose config exists composes on Fashion-MNIST's sizes with
+    the paper's experts (8 x 784-64-10, k = 2), isolated, and leaves room in the budget for the weights that
+    are not pruned (biases, buffers such as fixed hash directions or k-means centres)."""
+    from importlib.resources import files
+
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from ssmoe_cli.models.accounting import inference_tensors
+    from ssmoe_cli.models.topology.isolated import Isolated
+    from ssmoe_cli.prune.masks import target_layers
+
+    def composed(*overrides: str):
+        with initialize_config_module("ssmoe_cli.conf", version_base="1.3"):
+            return compose("train", overrides=["experiment=ablation_routing", *overrides], return_hydra_config=True)
+
+    sweep = composed().hydra.sweeper.params
+    gates = sweep.gating.split(",")
+    assert gates[0] == "ptsne" and len(gates) == len(set(gates)) == 8 and sweep.seed == "0,1,2"
+    present = [g for g in gates if files("ssmoe_cli.conf").joinpath("gating", f"{g}.yaml").is_file()]
+    assert {"ptsne", "pca_map", "input_kmeans", "lsh", "noisy_topk"} <= set(present)
+    for gate in present:
+        cfg = composed(f"gating={gate}")
+        assert cfg.data._target_.endswith("FashionMNIST") and cfg.prune.target_nonzero == 33326
+        model = instantiate(cfg.model, in_features=784, num_classes=10)
+        assert (model.num_experts, model.k, model.layers[0].out_features) == (8, 2, 64), gate
+        assert isinstance(model.topology, Isolated), gate
+        targeted = {id(m.weight) for m in target_layers(model, cfg.prune.targets).values()}
+        fixed = sum(t.numel() for t in inference_tensors(model) if id(t) not in targeted)
+        assert fixed < cfg.prune.target_nonzero / 2, (gate, fixed)  # the experts keep most of the budget

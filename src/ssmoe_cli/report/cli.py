@@ -179,6 +179,8 @@ def run(ns: argparse.Namespace, fmt: str, console: Any, notes_only: bool = False
     report.plots = [str(p) for p in plots]
     routing = ablation_text.of(report)  # the gates of a routing ablation against ptsne (report/ablation.py)
     run_id = log_run(report, client, names[0], plots) if ns.log_run else None
+    if run_id and routing:  # the report run's report.md is rendered without it: the ablation beside it
+        client.log_text(run_id, ablation_text.markdown(routing), "ablation.md")
 
     base = ns.output.parent if ns.output is not None else None
     if fmt == "rich" and ns.output is not None:
