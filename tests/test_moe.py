@@ -49,17 +49,19 @@ def test_auto_dispatch_rule():
     assert make(num_experts=4, k=2).resolved_dispatch(2, batch=64) == "capacity"
 
 
-def test_fixed_capacity_drops_overflow_pairs_only():
+def test_fixed_capacity_drops_overflow_pairs_and_rescues_samples_left_without_any():
     model = make(num_experts=4, k=1, capacity_factor=0.5)  # capacity = ceil(0.5 * 40 / 4) = 5 per expert
     x = torch.randn(40, 12)
     g = model.gate(x)
-    out = model.combine_capacity(x, g.indices, g.values)
-    full = model.combine_dense(x, g.weights)
     expert = g.indices[:, 0]
     rank = torch.stack([(expert[: i + 1] == expert[i]).sum() - 1 for i in range(40)])
-    kept = rank < 5
-    assert torch.allclose(out[kept], full[kept], atol=1e-5)
-    assert torch.all(out[~kept] == 0)
+    dropped = int((rank >= 5).sum())
+    assert dropped > 0
+    # k = 1: a dropped pair leaves its sample with nothing; the fallback runs its top-1 expert with
+    # the whole gate mass, so every sample gets the full model's output, and the drops are counted.
+    out = model.combine_capacity(x, g.indices, g.values)
+    assert torch.allclose(out, model.combine_dense(x, g.weights), atol=1e-5)
+    assert model.routing().drop_counts(x) == (40, dropped, dropped)
 
 
 def test_isolated_moe_is_a_classic_mixture_of_separate_mlps():

@@ -40,7 +40,9 @@ class Routing:
     gate: the model's gate; in_links: (E, D) source experts each expert reads (-1: none);
     route: the layer of inter-expert route weights, (E, out, R), None without routes;
     route_columns: (E, R) the source expert of each of those R route columns;
-    run_experts: (E, N, in) -> (E, N, classes), expert e on row block e (all units of every expert).
+    run_experts: (E, N, in) -> (E, N, classes), expert e on row block e (all units of every expert);
+    drop_counts: x -> (pairs, dropped_pairs, samples_with_all_pairs_dropped) of x as one eval-mode
+    batch (pairs over a fixed expert capacity are dropped); None for a model that never drops.
     """
 
     gate: Gate
@@ -48,6 +50,7 @@ class Routing:
     route: Masked | None
     route_columns: Tensor
     run_experts: Callable[[Tensor], Tensor]
+    drop_counts: Callable[[Tensor], tuple[int, int, int]] | None = None
 
     @property
     def num_experts(self) -> int:

@@ -51,8 +51,18 @@ class Masked(nn.Module):
         self.weight.mul_(self.mask)
 
     def masked_weight(self) -> torch.Tensor:
-        """The weight the forward pass uses (differentiable)."""
-        return self.weight * self.mask
+        """The weight the forward pass uses (differentiable). Without autograd (inference) the product
+        is cached until the weight or the mask changes (their version counters): an exported or
+        evaluated model then never pays the E x out x in multiplication per call."""
+        if torch.is_grad_enabled():  # a cached product must never be saved for backward
+            return self.weight * self.mask
+        key = (self.weight._version, self.mask._version, self.weight.data_ptr(), self.mask.data_ptr())
+        cached = self.__dict__.get("_masked_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.weight * self.mask)
+            self.__dict__["_masked_cache"] = cached  # not a buffer: never saved, never moved
+        return cached[1]
 
     def _drop(self, weight: torch.Tensor) -> torch.Tensor:
         """DropConnect on (part of) the masked weight: identity unless training with dropconnect > 0."""
@@ -107,6 +117,12 @@ class ExpertLinear(Masked):
             b = self.bias[experts] if self.bias is not None else None
         out = torch.bmm(x, self._drop(w).transpose(1, 2))
         return out + b.unsqueeze(1) if b is not None else out
+
+    def run_one(self, x: torch.Tensor, expert: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, in) -> (N, out) through expert `expert` alone: its weight is a view of the stacked one
+        (nothing copied). `weight`: this layer's masked_weight() when the caller has it already."""
+        w = (self.masked_weight() if weight is None else weight)[expert]
+        return F.linear(x, self._drop(w), self.bias[expert] if self.bias is not None else None)
 
     def gather_rows(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Masked weight rows and biases of output units given as flat indices e * out + j (any shape)."""
