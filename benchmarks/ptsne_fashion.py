@@ -1,14 +1,18 @@
 """How good a map does the parametric t-SNE gate learn on Fashion-MNIST, at what cost?
 
-Runs PTSNEGate.prepare on the 55,000 training images (normalised, flattened) and prints:
-- pretraining wall time (fixed batches + P, t-SNE epochs, centre placement),
+Runs PTSNEGate.prepare on the 55,000 training images (normalised, flattened) with either objective
+(``--objective batch``: P within fixed batches; ``knn_graph``: P over whole-set kNN edges) and prints:
+- pretraining wall time (fixed batches + P or the kNN graph, t-SNE epochs, centre placement),
 - trustworthiness T(12) of the embedding of held-out TEST points vs their inputs
   (sklearn.manifold.trustworthiness, on a subsample: it is O(n^2)),
 - 1-NN accuracy of the test points' map positions against the labelled training map,
-- the gate's parameter count (what every sample pays on top of its experts).
+- the gate's parameter count (what every sample pays on top of its experts),
+- routing speed: test points per second through the whole gate (map, distances, top-k) in
+  batches of 256, the training batch size.
 
     python benchmarks/ptsne_fashion.py                       # the gate's defaults
     python benchmarks/ptsne_fashion.py --hidden 32 --batch-size 2000 --threads 1
+    python benchmarks/ptsne_fashion.py --objective knn_graph --hidden 64
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--exaggeration", type=float, default=d["early_exaggeration"], help="early_exaggeration")
     ap.add_argument("--exaggeration-epochs", type=int, default=d["exaggeration_epochs"])
     ap.add_argument("--tsne-samples", type=int, default=d["tsne_samples"], help="train t-SNE on a random subset")
+    ap.add_argument("--objective", choices=["batch", "knn_graph"], default=d["objective"])
+    ap.add_argument(
+        "--knn-pca", type=int, default=d["knn_pca"], help="knn_graph: PCA dims for the kNN search (0: none)"
+    )
     ap.add_argument("--experts", type=int, default=10)
     ap.add_argument("--eval-points", type=int, default=2000, help="test points for T(12)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2)")
@@ -72,6 +80,8 @@ def main() -> None:
         early_exaggeration=args.exaggeration,
         exaggeration_epochs=args.exaggeration_epochs,
         tsne_samples=args.tsne_samples,
+        objective=args.objective,
+        knn_pca=args.knn_pca or None,
     )
     # Time the t-SNE epochs apart from the rest of prepare (fixed batches + P, centres).
     timing: dict[str, float] = {}
@@ -94,12 +104,21 @@ def main() -> None:
     knn = KNeighborsClassifier(n_neighbors=1).fit(emb_train, y_train.numpy())
     acc = knn.score(emb_test, y_test.numpy())
     routed = torch.bincount(gate(x_test).indices[:, 0], minlength=args.experts)
+    gate.eval()
+    with torch.no_grad():
+        for i in range(0, 2560, 256):  # warm-up
+            gate(x_test[i : i + 256])
+        start = time.perf_counter()
+        for i in range(0, len(x_test), 256):
+            gate(x_test[i : i + 256])
+        points_per_s = len(x_test) / (time.perf_counter() - start)
 
     print(
         f"hidden={args.hidden} epochs={args.epochs} batch={args.batch_size} perplexity={args.perplexity} "
         f"neighbors={args.neighbors} dof={args.dof} lr={args.lr} "
         f"exaggeration={args.exaggeration}x{args.exaggeration_epochs} "
-        f"tsne_samples={args.tsne_samples} threads={args.threads}"
+        f"tsne_samples={args.tsne_samples} objective={args.objective} knn_pca={args.knn_pca} "
+        f"threads={args.threads}"
     )
     print(f"  pretraining wall time   {seconds:8.1f} s ({timing['epochs']:.1f} s in t-SNE epochs)")
     # CPU time is the fairer figure on a shared machine (with 1 thread it is the wall time an idle
@@ -109,6 +128,7 @@ def main() -> None:
     print(f"  T(12), {len(sub)} test points {t12:8.4f}")
     print(f"  1-NN test accuracy      {acc:8.4f}")
     print(f"  gate parameters         {gate.active_params():8d} (active per sample, incl. centres)")
+    print(f"  routing speed           {points_per_s:8.0f} points/s (batches of 256)")
     print(f"  temperature             {float(gate.temperature):8.3g}")
     print(f"  test load per expert    {routed.tolist()}")
 

@@ -14,14 +14,22 @@ Schedules:
   aux["tsne_kl"] = tsne_weight * KL on the next fixed t-SNE batch, so the map keeps its
   neighbourhoods while classification trains it.
 
-Centres: "grid" (regular grid over the map's extent), "kmeans" (k-means++ on the embedded
-training data) or "learned" (k-means init, then trained by the classification loss). Grid and
-kmeans centres, and the "auto" temperature, are set once, after pretraining; with an unfrozen f
-only "learned" centres follow the map as it moves.
+Objectives:
+- "batch": P among the points of fixed batches (tsne.FixedBatches), loss KL(P || Q) per batch;
+- "knn_graph": P over each point's nearest neighbours in the whole training set, edges sampled in
+  proportion to P, InfoNCE with the step's other points as negatives (knn_graph.py).
 
-In "joint" mode the fixed t-SNE batches and their P stay in memory (about 4 B^2 bytes per batch,
-not in the state dict): a gate restored from a checkpoint routes as before, but needs ``prepare``
-again to train in "joint" mode. The "pretrain" schedule drops them after pretraining.
+Centres: "grid" (regular grid over the map's extent), "kmeans" (k-means++ on the embedded
+training data), "learned" (k-means init, then trained by the classification loss) or "random"
+(the map positions of distinct training points drawn at random: the "does placement matter?"
+control, placed where the data are, like kmeans, but without optimising the placement). Grid,
+kmeans and random centres, and the "auto" temperature, are set once, after pretraining; with an
+unfrozen f only "learned" centres follow the map as it moves.
+
+In "joint" mode the fixed t-SNE batches and their P (about 4 B^2 bytes per batch), or the kNN graph
+(about 16 bytes per edge), stay in memory, not in the state dict: a gate restored from a
+checkpoint routes as before, but needs ``prepare`` again to train in "joint" mode. The "pretrain"
+schedule drops them after pretraining.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from torch import Tensor, nn
 
 from ssmoe_cli.models.accounting import nonzero_macs, nonzero_params
 from ssmoe_cli.models.gating.base import Gate, GateOutput, topk_softmax
+from ssmoe_cli.models.gating.knn_graph import NeighbourGraph, infonce_loss
 from ssmoe_cli.models.gating.tsne import FixedBatches, kl_divergence, tsne_loss
 from ssmoe_cli.models.layers import mlp, set_role
 
@@ -115,10 +124,16 @@ class PTSNEGate(Gate):
         exaggeration_epochs: int = 0,
         tsne_weight: float = 0.1,
         tsne_samples: int | None = None,
+        objective: str = "batch",
+        knn_pca: int | None = 50,
     ) -> None:
         super().__init__()
-        if centres not in ("grid", "kmeans", "learned"):
-            raise ValueError(f"centres={centres!r}: choose grid, kmeans or learned")
+        if centres not in ("grid", "kmeans", "learned", "random"):
+            raise ValueError(f"centres={centres!r}: choose grid, kmeans, learned or random")
+        if objective not in ("batch", "knn_graph"):
+            raise ValueError(f"objective={objective!r}: choose batch or knn_graph")
+        if knn_pca is not None and knn_pca < 1:
+            raise ValueError(f"knn_pca={knn_pca}: a positive number of PCA dimensions, or null for none")
         if schedule not in ("pretrain", "joint"):
             raise ValueError(f"schedule={schedule!r}: choose pretrain or joint")
         if not 1 <= k <= num_experts:
@@ -137,6 +152,7 @@ class PTSNEGate(Gate):
         self.neighbors = round(3 * perplexity) if neighbors == "auto" else neighbors
         self.early_exaggeration, self.exaggeration_epochs = early_exaggeration, exaggeration_epochs
         self.tsne_weight, self.tsne_samples = tsne_weight, tsne_samples
+        self.objective, self.knn_pca = objective, knn_pca
 
         # role "gate": pruning selects the gate's layers apart from the experts' (mlp() would call
         # the last layer "output", the classifier's).
@@ -149,6 +165,7 @@ class PTSNEGate(Gate):
             self.register_buffer("centres", init)
         self.register_buffer("temperature", torch.tensor(1.0 if temperature == "auto" else float(temperature)))
         self._batches: FixedBatches | None = None
+        self._graph: NeighbourGraph | None = None
         self._x_tsne: Tensor | None = None
         self._order: list[int] = []  # joint schedule: batch numbers still to visit in this pass
         self._generator: torch.Generator | None = None
@@ -170,39 +187,60 @@ class PTSNEGate(Gate):
         if self.tsne_samples is not None and self.tsne_samples < len(x):
             x = x[torch.randperm(len(x), generator=self._generator)[: self.tsne_samples]]
         self._x_tsne, self._order = x.to(device), []
-        self._batches = FixedBatches(
-            self._x_tsne, self.tsne_batch_size, self._generator, self.perplexity, self.neighbors
-        )
+        if self.objective == "batch":
+            self._batches = FixedBatches(
+                self._x_tsne, self.tsne_batch_size, self._generator, self.perplexity, self.neighbors
+            )
+        else:
+            self._graph = NeighbourGraph(self._x_tsne, self.perplexity, self.neighbors, self.knn_pca)
         self.pretrain(self.pretrain_epochs)
 
         y = self.embed(x_train.to(device))
         self.place_centres(y, self._generator)
         if self.schedule == "pretrain":
-            # P of every batch (~B^2 floats each) is only needed again by the joint schedule.
-            self._batches, self._x_tsne, self._order = None, None, []
+            # P (~B^2 floats per batch, or the graph's edges) is only needed again by the joint schedule.
+            self._batches, self._graph, self._x_tsne, self._order = None, None, None, []
             if self.freeze:
                 self.net.requires_grad_(False)
 
     def pretrain(self, epochs: int) -> list[float]:
-        """Adam on the t-SNE loss over the fixed batches; returns the mean KL of each epoch."""
-        if self._batches is None or self._x_tsne is None or self._generator is None:
-            raise RuntimeError("pretrain() needs the fixed batches of prepare()")
+        """Adam on the t-SNE objective; returns the mean loss of each epoch. An epoch is one pass
+        over the fixed batches ("batch"), or as many steps of tsne_batch_size sampled edges
+        ("knn_graph"): each point then takes part in about two edges per epoch."""
+        if (self._batches is None and self._graph is None) or self._x_tsne is None or self._generator is None:
+            raise RuntimeError("pretrain() needs the fixed batches or the kNN graph of prepare()")
         opt = torch.optim.Adam(self.net.parameters(), lr=self.pretrain_lr)
         was_training = self.training
         self.train()
         history = []
+        steps = math.ceil(len(self._x_tsne) / self.tsne_batch_size)
         for epoch in range(epochs):
             alpha = self.early_exaggeration if epoch < self.exaggeration_epochs else 1.0
-            total = 0.0
-            for idx, p, p_log_p in self._batches.epoch(self._generator):
-                loss = kl_divergence(p, self.net(self._x_tsne[idx]), self.dof, alpha, p_log_p)
+            losses = (
+                (
+                    kl_divergence(p, self.net(self._x_tsne[idx]), self.dof, alpha, p_log_p)
+                    for idx, p, p_log_p in self._batches.epoch(self._generator)
+                )
+                if self._batches is not None
+                else (self._graph_loss(alpha) for _ in range(steps))
+            )
+            total, count = 0.0, 0
+            for loss in losses:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item()
-            history.append(total / len(self._batches))
+                total, count = total + loss.item(), count + 1
+            history.append(total / max(count, 1))
         self.train(was_training)
         return history
+
+    def _graph_loss(self, exaggeration: float = 1.0) -> Tensor:
+        """InfoNC-t-SNE on tsne_batch_size edges of the kNN graph drawn in proportion to P."""
+        assert self._graph is not None and self._x_tsne is not None and self._generator is not None
+        heads, tails = self._graph.sample(self.tsne_batch_size, self._generator)
+        # The model may have moved to another device since prepare(); the data did not.
+        y = self.net(self._x_tsne[torch.cat([heads, tails])].to(self.centres.device))
+        return infonce_loss(y[: len(heads)], y[len(heads) :], self.dof, exaggeration)
 
     @torch.no_grad()
     def embed(self, x: Tensor, chunk: int = 8192) -> Tensor:
@@ -212,7 +250,12 @@ class PTSNEGate(Gate):
     @torch.no_grad()
     def place_centres(self, y: Tensor, generator: torch.Generator) -> None:
         """Centres from the embedded training data; the "auto" temperature from their spacing."""
-        c = grid(y, self.num_experts) if self.centres_mode == "grid" else kmeans(y, self.num_experts, generator)
+        if self.centres_mode == "grid":
+            c = grid(y, self.num_experts)
+        elif self.centres_mode == "random":
+            c = y[torch.randperm(len(y), generator=generator)[: self.num_experts].to(y.device)]
+        else:
+            c = kmeans(y, self.num_experts, generator)
         self.centres.copy_(c)
         if self.temperature_mode == "auto":
             self.temperature.fill_(auto_temperature(c, y, self.temperature_margin))
@@ -230,8 +273,13 @@ class PTSNEGate(Gate):
         d2 = ((y[:, None, :] - self.centres[None, :, :]) ** 2).sum(-1)
         weights, indices, values = topk_softmax(-d2 / self.temperature, self.k)
         aux: dict[str, Tensor] = {}
-        if self.training and self.schedule == "joint" and self.tsne_weight > 0 and self._batches is not None:
-            aux["tsne_kl"] = self.tsne_weight * self._joint_kl()
+        if self.training and self.schedule == "joint" and self.tsne_weight > 0:
+            # The key stays "tsne_kl" for both objectives (logged under that name); with knn_graph
+            # it carries the weighted InfoNCE loss.
+            if self._batches is not None:
+                aux["tsne_kl"] = self.tsne_weight * self._joint_kl()
+            elif self._graph is not None:
+                aux["tsne_kl"] = self.tsne_weight * self._graph_loss()
         return GateOutput(weights, indices, values, aux, y)
 
     def _joint_kl(self) -> Tensor:
@@ -259,6 +307,7 @@ class PTSNEGate(Gate):
 
     def extra_repr(self) -> str:
         return (
-            f"k={self.k}, centres={self.centres_mode}, schedule={self.schedule}, freeze={self.freeze}, "
+            f"k={self.k}, objective={self.objective}, centres={self.centres_mode}, schedule={self.schedule}, "
+            f"freeze={self.freeze}, "
             f"temperature={self.temperature_mode}"
         )

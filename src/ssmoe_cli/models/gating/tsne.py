@@ -1,7 +1,8 @@
 """t-SNE affinities and loss as pure, vectorised tensor functions (van der Maaten 2009, 2014).
 
-- ``conditional_p``: p_{j|i}, a Gaussian over squared input distances whose per-point precision
-  beta_i is found by bisection (all rows at once) so that the entropy H(P_i) = log2(perplexity).
+- ``calibrate_rows``: per-row Gaussian weights over given squared distances whose per-point
+  precision beta_i is found by bisection (all rows at once) so that H(P_i) = log2(perplexity);
+  ``conditional_p`` applies it to a batch (dense), knn_graph.py to a whole-set kNN graph (sparse).
 - ``joint_p``: P = (P_cond + P_cond^T) / (2B), normalised over the whole matrix, clamped at eps
   off the diagonal, zero on it.
 - ``log_q``: Student-t affinities with ``dof`` degrees of freedom, self-terms excluded from the
@@ -36,37 +37,23 @@ def squared_distances(x: Tensor) -> Tensor:
     return d
 
 
-def conditional_p(
-    x: Tensor,
-    perplexity: float = 30.0,
-    tol: float = 1e-5,
-    max_iter: int = 100,
-    neighbors: int | None = None,
-) -> Tensor:
-    """Row-stochastic p_{j|i} (B, B) with entropy log(perplexity) nats per row, zero diagonal.
+def calibrate_rows(d: Tensor, perplexity: float = 30.0, tol: float = 1e-5, max_iter: int = 100) -> Tensor:
+    """Row-stochastic p (n, m) from squared distances d (n, m): p_ij ~ exp(-beta_i d_ij), with beta_i
+    found by bisection (all rows at once) so that each row's entropy is log(perplexity) nats.
 
-    ``neighbors`` restricts each row to its nearest neighbours (BH-SNE uses 3 * perplexity), all
-    other entries are 0; None uses every point of the batch (exact). A perplexity above what a
-    row can reach (B - 1 points, or fewer neighbours) is clamped to that maximum.
+    An entry +inf is excluded (p = 0). A perplexity above what a row can reach (its number of
+    finite entries) is clamped to that maximum. Computed in float64 (the tolerance is close to
+    float32's resolution on sums of many terms).
     """
-    n = x.shape[0]
-    if n < 2:
-        return torch.zeros(n, n, dtype=x.dtype, device=x.device)
-    # Distances in the input precision (a float32 matmul; its rounding is far below any
-    # neighbour gap that matters), the bisection in float64.
-    d = squared_distances(x.detach()).double()
-    d.fill_diagonal_(math.inf)
-    if neighbors is not None and neighbors < n - 1:
-        d, cols = torch.topk(d, neighbors, dim=1, largest=False)
-    else:
-        cols = None
+    d_inf = d.double()
+    n = d_inf.shape[0]
+    finite = torch.isfinite(d_inf)
+    m = int(finite.sum(1).min()) if n else 0  # points every row can spread its mass over
     # Subtracting each row's smallest distance leaves P unchanged (it cancels in the normaliser)
     # and keeps the largest term at exp(0) = 1: no all-zero rows, no 0/0, whatever the scale.
-    d = d - d.min(dim=1, keepdim=True).values
-    d_inf = d  # the diagonal stays +inf here: exp(-beta * inf) = 0 excludes p_{i|i}
-    d = d.masked_fill(torch.isinf(d), 0.0)  # and is 0 here, for the sum of p * d
-    m = d.shape[1] - int(cols is None)  # points a row can spread its mass over
-    target = math.log(min(perplexity, m))
+    d_inf = d_inf - d_inf.min(dim=1, keepdim=True).values
+    d = d_inf.masked_fill(~finite, 0.0)  # 0 here, for the sum of p * d; +inf stays in d_inf
+    target = math.log(max(min(perplexity, m), 1))
 
     def entropy_and_p(beta: Tensor, rows: Tensor | slice) -> tuple[Tensor, Tensor]:
         logits = -beta * d_inf[rows]
@@ -78,7 +65,7 @@ def conditional_p(
 
     # Start from a scale-aware precision (1 / mean distance) so far or near data converge alike.
     # (Rows of identical points have mean 0: any beta gives them the same uniform P.)
-    mean_d = d.sum(1, keepdim=True) / max(m, 1)
+    mean_d = d.sum(1, keepdim=True) / finite.sum(1, keepdim=True).clamp_min(1)
     beta = torch.where(mean_d > 0, 1.0 / mean_d, torch.ones_like(mean_d))
     lo = torch.zeros_like(beta)
     hi = torch.full_like(beta, math.inf)
@@ -99,8 +86,34 @@ def conditional_p(
         # Capped so that beta * 0 never becomes inf * 0 = NaN for rows that cannot converge.
         b = torch.where(torch.isinf(hi_a), b * 2.0, (lo_a + hi_a) / 2.0).clamp_max(1e300)
         beta[active], lo[active], hi[active] = b, lo_a, hi_a
-    _, p = entropy_and_p(beta, slice(None))
+    return entropy_and_p(beta, slice(None))[1]
 
+
+def conditional_p(
+    x: Tensor,
+    perplexity: float = 30.0,
+    tol: float = 1e-5,
+    max_iter: int = 100,
+    neighbors: int | None = None,
+) -> Tensor:
+    """Row-stochastic p_{j|i} (B, B) with entropy log(perplexity) nats per row, zero diagonal.
+
+    ``neighbors`` restricts each row to its nearest neighbours (BH-SNE uses 3 * perplexity), all
+    other entries are 0; None uses every point of the batch (exact). A perplexity above what a
+    row can reach (B - 1 points, or fewer neighbours) is clamped to that maximum.
+    """
+    n = x.shape[0]
+    if n < 2:
+        return torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    # Distances in the input precision (a float32 matmul; its rounding is far below any
+    # neighbour gap that matters), the bisection in float64.
+    d = squared_distances(x.detach()).double()
+    d.fill_diagonal_(math.inf)  # exp(-beta * inf) = 0 excludes p_{i|i}
+    if neighbors is not None and neighbors < n - 1:
+        d, cols = torch.topk(d, neighbors, dim=1, largest=False)
+    else:
+        cols = None
+    p = calibrate_rows(d, perplexity, tol, max_iter)
     if cols is not None:
         p = torch.zeros(n, n, dtype=p.dtype, device=p.device).scatter_(1, cols, p)
     return p.to(x.dtype)
