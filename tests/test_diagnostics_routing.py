@@ -104,6 +104,27 @@ def test_drop_counts_sum_over_batches_of_256_and_no_capacity_drops_nothing():
     assert dropped(SimpleNamespace(), x) == (0.0, 0.0)  # a Routing without the field
 
 
+def test_a_capacity_limit_drops_pairs_that_the_metrics_count_per_batch_of_256(one_thread):
+    torch.manual_seed(0)
+    # Capacity ceil(0.5 * B * k / E) = B / 4 slots per expert for B * k / E = B / 2 pairs on average.
+    moe = MixtureOfExperts(6, 3, NoisyTopKGate(6, 4, 2), num_experts=4, k=2, dispatch="capacity", capacity_factor=0.5)
+    with torch.no_grad():
+        moe.gate.w_gate.weight.normal_()
+    x, y = torch.randn(600, 6), torch.randint(0, 3, (600,))
+    metrics, _ = routing_metrics(moe, x, y, x, y)
+    over = 0
+    for xb in x.split(256):  # by hand: each expert keeps its first `cap` pairs of the batch
+        counts = torch.bincount(moe.routing().gate_weights(xb).gt(0).nonzero()[:, 1], minlength=4)
+        over += int((counts - math.ceil(len(xb) / 4)).clamp_min(0).sum())
+    assert over >= 600  # at least half of the 1,200 pairs
+    assert metrics[M.DROPPED_PAIRS] == pytest.approx(over / 1200)
+    lost = sum(moe.drop_counts(xb)[2] for xb in x.split(256))
+    assert metrics[M.DROPPED_SAMPLES] == pytest.approx(lost / 600)
+    # The same model without a capacity factor drops nothing.
+    moe.capacity_factor = None
+    assert routing_metrics(moe, x, y, x, y)[0][M.DROPPED_PAIRS] == 0.0
+
+
 def test_routing_metrics_of_a_real_mixture_agree_with_its_tables(tmp_path, one_thread):
     torch.manual_seed(0)
     moe = MixtureOfExperts(6, 3, NoisyTopKGate(6, 4, 2), num_experts=4, k=2)
