@@ -103,6 +103,22 @@ def test_the_table_shows_accuracy_intervals_differences_and_diagnostics():
     assert "- **supported** (the t-SNE objective matters) — pca_map vs ptsne" in text
 
 
+def test_the_sentence_claims_nothing_from_gates_without_an_interval():
+    single = build_report([r for r in runs() if r.seed == "0"])
+    (ab,) = ablations(single.groups, single.keys, single.names)
+    assert {r.status for r in ab.rows[1:]} == {"not measurable"}
+    assert ab.sentence == (
+        "Not measurable: lsh, pca_map, input_kmeans, noisy_topk (validation accuracy, paired 95% intervals)."
+    )
+    no_effect = {g: ([0.1, -0.1, 0.05], [0.0, 0.0, 0.0]) for g in ("ptsne", "input_kmeans", "noisy_topk")}
+    report = build_report([r for r in runs(no_effect) if r.tags["gating"] != "lsh"])
+    (ab,) = ablations(report.groups, report.keys, report.names)
+    assert ab.sentence == (
+        "No ingredient of the paper's gate is shown to carry an effect (no control is worse than ptsne); "
+        "ptsne is not shown to differ from the other routers (noisy_topk) (validation accuracy, paired 95% intervals)."
+    )
+
+
 def test_no_ablation_without_ptsne_or_without_a_gating_sweep():
     no_ref = {k: v for k, v in DIFFS.items() if k != "ptsne"}
     report = build_report(runs(no_ref))

@@ -123,8 +123,10 @@ def _better(r: Row) -> bool:
 def _sentence(rows: Sequence[Row]) -> str:
     """Which ingredients carry the effect, if any, and how ptsne stands against the field's routers."""
     judged = [r for r in rows if r.status is not None]
-    controls = [r for r in judged if r.gate in REMOVES]
-    routers = [r for r in judged if r.gate not in REMOVES]
+    # Only gates with an interval say anything; the others are listed as not measurable.
+    measured = [r for r in judged if r.status != "not measurable"]
+    controls = [r for r in measured if r.gate in REMOVES]
+    routers = [r for r in measured if r.gate not in REMOVES]
     carry = [_what(r.gate) for r in controls if r.status == "supported"]
     parts = []
     if carry:
@@ -134,10 +136,14 @@ def _sentence(rows: Sequence[Row]) -> str:
     costs = [_what(r.gate) for r in controls if _better(r)]
     if costs:
         parts.append(f"{', '.join(costs)} costs accuracy (the control without it is better)")
-    if routers:
-        worse = ", ".join(r.gate for r in routers if r.status == "supported") or "none"
-        better = ", ".join(r.gate for r in routers if _better(r)) or "none"
-        parts.append(f"of the other routers ptsne beats {worse} and loses to {better}")
+    worse = [r.gate for r in routers if r.status == "supported"]
+    better = [r.gate for r in routers if _better(r)]
+    if worse or better:
+        parts.append(
+            f"of the other routers ptsne beats {', '.join(worse) or 'none'} and loses to {', '.join(better) or 'none'}"
+        )
+    elif routers:
+        parts.append(f"ptsne is not shown to differ from the other routers ({', '.join(r.gate for r in routers)})")
     unknown = [r.gate for r in judged if r.status == "not measurable"]
     if unknown:
         parts.append(f"not measurable: {', '.join(unknown)}")
