@@ -121,6 +121,26 @@ def test_drop_counts_follow_the_capacity_and_the_dispatch():
     x = torch.randn(40, 12)
     # Every sample goes to the same 2 experts: 80 pairs, capacity ceil(80 / 8) = 10 per expert.
     assert model.routing().drop_counts(x) == (80, 60, 30)
-    assert model.routing().drop_counts(x[:3]) == (6, 0, 0)  # 6 pairs < 8 experts: the pairs path drops none
+    assert model.routing().drop_counts(x[:3]) == (6, 0, 0)  # 6 pairs < 8 experts: grouped dispatch, which drops none
     model.capacity_factor = None
     assert model.routing().drop_counts(x) == (80, 0, 0)
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("one", [False, True])
+def test_exported_csr_expert_layers_keep_every_path_exact(full, one):
+    from ssmoe_cli.export import CSRExpertLinear, kernels
+
+    model = mixture(8, 2, routes=True, masked=True).eval()
+    x = torch.randn(29, 12)
+    g = model.gate(x)
+    with torch.no_grad():
+        reference = model.combine_dense(x, g.weights)
+        for i, layer in enumerate(model.layers):
+            model.layers[i] = CSRExpertLinear(layer, full=full, one=one)
+        model.route = CSRExpertLinear(model.route, full=full, one=one)
+        for path in ("dense", "capacity", "pairs", "grouped"):
+            model.dispatch = path
+            torch.testing.assert_close(model(x).logits, reference, atol=1e-5, rtol=1e-5, msg=path)
+    want = f"full={'csr' if full else 'dense'} one={'csr' if one else 'dense'}"
+    assert kernels(model) == {"layers.0": want, "layers.1": want, "route": want}

@@ -4,6 +4,7 @@ and CSR layers that compute what the dense layers compute."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,3 +207,24 @@ def test_a_run_exports_a_model_that_takes_raw_pixels(run_cli, tmp_path):
     assert "preprocessing: flatten to 64 values, then (x - " in info and "classes: 0=0, 1=1" in info
     bad = run_cli("export", str(tmp_path), check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("ssmoe: error:")
+
+
+@pytest.mark.slow
+def test_a_run_records_the_kernels_and_dispatch_it_timed(run_cli, tmp_path):
+    """kernels.json: each layer's kernel and the mixture's dispatch at batch 1 and 256, as timed."""
+    import mlflow
+    from conftest import search_runs
+
+    run_cli("train", "model=sgmoe", "data=digits", "trainer=debug", "prune=magnitude", "prune.start=0",
+            "prune.rounds=1", "prune.min_retrain=1", "prune.target_sparsity=0.9", "threads=1",
+            "timing.repeats_b1=3", "timing.repeats_b256=3")  # fmt: skip
+    (run_id,) = search_runs(tmp_path).run_id
+    path = mlflow.MlflowClient().download_artifacts(run_id, "kernels.json", str(tmp_path))
+    record = json.loads(Path(path).read_text())
+    # The file carries its preprocessing: the network is the `model` inside the loaded wrapper.
+    assert record["dispatch"] == {"model": {"b1": "grouped", "b256": "capacity"}}
+    assert set(record["layers"]) == {"model.gate.w_gate", "model.layers.0", "model.layers.1"}
+    expert_kernels = {f"full={a} one={b}" for a in ("csr", "dense") for b in ("csr", "dense")}
+    assert record["layers"]["model.gate.w_gate"] in {"dense", "csr"}
+    for name in ("model.layers.0", "model.layers.1"):
+        assert record["layers"][name] in expert_kernels | {"dense"}

@@ -16,7 +16,14 @@ from ssmoe_cli.export.file import (
     load_model,
     read_export,
 )
-from ssmoe_cli.export.kernels import CSRExpertLinear, CSRLinear, to_csr, use_sparse_kernels
+from ssmoe_cli.export.kernels import (
+    CSRExpertLinear,
+    CSRLinear,
+    dispatch_choices,
+    kernels,
+    to_csr,
+    use_sparse_kernels,
+)
 
 __all__ = [
     "FORMAT",
@@ -25,8 +32,10 @@ __all__ = [
     "ExportFile",
     "ExportInfo",
     "Preprocessed",
+    "dispatch_choices",
     "export_model",
     "index_dtype",
+    "kernels",
     "load_model",
     "read_export",
     "to_csr",

@@ -11,33 +11,13 @@ Training-only regularisers of the experts (no effect in eval mode): `dropout` on
 after its ReLU (route units included, they are hidden units of their source experts), `dropconnect`
 on every expert and route weight (ssmoe_cli.models.layers); the gate is left alone by both.
 
-Expert weights are stacked (ExpertLinear: one (E, out, in) tensor per layer) so both dispatch paths
-run each layer as one batched matmul:
-- `dense`: every expert on every sample, weighted by the gate (zeros outside the top k): wasted
-  FLOPs, but no indexing; wins when E/k is small.
-- `capacity`: only routed samples go to each expert: each (sample, expert) pair gets a slot in a
-  per-expert buffer of `capacity` rows (gather), the experts run on the buffers (bmm), outputs are
-  scaled by the gate and summed back per sample. No Python loop over experts and no data-dependent
-  shapes beyond the capacity, so compute follows k, not E. capacity_factor=null sizes the buffer to
-  the busiest expert of the batch (exact; one host read of a count, free on CPU); a number fixes it
-  to ceil(factor * B * k / E) (pairs over capacity are dropped; see "Drops" below).
-- `pairs`: each (sample, expert) pair runs with that expert's weights gathered for it: only the
-  selected experts' matrices are read, so small batches (B * k < E, e.g. batch 1) cost the same
-  whatever E is; large batches would copy B * k weight matrices.
-- `grouped`: pairs sorted by expert; each expert with pairs runs once on its contiguous rows with a
-  view of its weights (no padding, no weight copies); one Python step per active expert.
-
-Drops (capacity path with a fixed capacity_factor only): a sample that loses some of its pairs
-combines its kept experts with their gate values renormalised to its original total gate mass; a
-sample that loses all of them runs its top-1 expert in an overflow pass (the pairs path) with that
-whole mass (1 for every gate of ssmoe, whose values sum to 1). `drop_counts(x)` (also
-`Routing.drop_counts`) counts pairs, dropped pairs and samples rescued so, for one eval batch.
+Expert weights are stacked (ExpertLinear: one (E, out, in) tensor per layer); how pairs are batched
+through them (model.dispatch) is ssmoe_cli.models.dispatch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -46,15 +26,14 @@ from torch import nn
 
 from ssmoe_cli.models.accounting import Accounting, nonzero_params, total_params, train_only_params
 from ssmoe_cli.models.base import Model, ModelOutput, Routing
+from ssmoe_cli.models.dispatch import DISPATCH_MODES, Dispatch
 from ssmoe_cli.models.gating.base import Gate
 from ssmoe_cli.models.layers import ExpertLinear, drop_probability, set_dropconnect, set_role
 from ssmoe_cli.models.topology import Topology
 from ssmoe_cli.models.topology.isolated import Isolated
 
-DISPATCH_MODES = ("auto", "dense", "capacity", "pairs", "grouped")
 
-
-class MixtureOfExperts(Model):
+class MixtureOfExperts(Dispatch, Model):
     def __init__(
         self,
         in_features: int,
@@ -171,16 +150,7 @@ class MixtureOfExperts(Model):
             h = self._dropout(F.relu(z)) if i < last else z
         return h
 
-    # -- dispatch ---------------------------------------------------------------------------------
-    def resolved_dispatch(self, k: int, batch: int) -> str:
-        """auto: `pairs` when the batch has fewer (sample, expert) pairs than experts, `dense` when
-        E <= dense_max_ratio * k, else `capacity` (benchmarks/moe_dispatch.py measures the choice)."""
-        if self.dispatch != "auto":
-            return self.dispatch
-        if batch * k < self.num_experts:
-            return "pairs"
-        return "dense" if self.num_experts <= self.dense_max_ratio * k else "capacity"
-
+    # -- dispatch (ssmoe_cli.models.dispatch) ------------------------------------------------------
     def forward(self, x: torch.Tensor) -> ModelOutput:
         g = self.gate(x)
         mode = self.resolved_dispatch(g.indices.shape[1], len(x))
@@ -193,121 +163,6 @@ class MixtureOfExperts(Model):
         else:
             y = self.combine_capacity(x, g.indices, g.values)
         return ModelOutput(y, dict(g.aux))
-
-    def combine_pairs(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        batch, k = indices.shape
-        xp = x.repeat_interleave(k, dim=0).unsqueeze(1)  # (B*k, 1, in), sample-major like indices
-        out = self.experts(xp, indices.reshape(-1)).squeeze(1)  # (B*k, C)
-        return (out * values.reshape(-1, 1)).view(batch, k, -1).sum(1)
-
-    def combine_dense(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = self.experts(x.unsqueeze(0).expand(self.num_experts, -1, -1))  # (E, B, C)
-        return torch.einsum("be,ebc->bc", weights, out)
-
-    def combine_grouped(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Pairs sorted by expert; each expert that has pairs runs once on its contiguous rows with a
-        view of its own weights: no padding, no copied weights, a Python step per active expert."""
-        batch, k = indices.shape
-        expert = indices.reshape(-1)
-        order = torch.argsort(expert, stable=True)
-        counts = torch.bincount(expert, minlength=self.num_experts).tolist()  # one host read: free on CPU
-        token = order // k  # pairs are sample-major: pair p belongs to sample p // k
-        xs = x.index_select(0, token)
-        weights = self._stacked_weights()
-        outs, start = [], 0
-        for e, n in enumerate(counts):
-            if n:
-                outs.append(self.expert_rows(xs[start : start + n], e, weights))
-                start += n
-        out = torch.cat(outs) * values.reshape(-1)[order].unsqueeze(1)
-        return out.new_zeros(batch, out.shape[1]).index_add(0, token, out)
-
-    def _stacked_weights(self) -> list[torch.Tensor]:
-        """Every expert layer's masked weight (then the route layer's), computed once per pass."""
-        layers = [*self.layers, *([self.route] if self.route is not None else [])]
-        return [layer.masked_weight() for layer in layers]
-
-    def expert_rows(self, x: torch.Tensor, e: int, weights: list[torch.Tensor]) -> torch.Tensor:
-        """(N, in) -> (N, classes) through expert e alone (its route units included); `weights` from
-        `_stacked_weights()`."""
-        h, last = x, len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            z = layer.run_one(h, e, weights[i])
-            if i == 1 and self.route is not None:
-                first, units = self.layers[0], self.route_units[e]
-                w = first._drop(weights[0].reshape(-1, first.in_features)[units])
-                b = first.bias.reshape(-1)[units] if first.bias is not None else None
-                z = z + self.route.run_one(self._dropout(F.relu(F.linear(x, w, b))), e, weights[-1])
-            h = self._dropout(F.relu(z)) if i < last else z
-        return h
-
-    def capacity(self, batch: int, k: int, counts: torch.Tensor) -> int:
-        if self.capacity_factor is None:
-            return max(int(counts.max()), 1)  # exact: the busiest expert's load
-        return max(1, min(batch, math.ceil(self.capacity_factor * batch * k / self.num_experts)))
-
-    def _slots(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """For the pairs of `indices` (B, k), sample-major: each pair's buffer slot (expert * cap +
-        rank among its expert's pairs, in sample order), whether it fits the capacity, and cap."""
-        batch, k = indices.shape
-        expert = indices.reshape(-1)
-        counts = torch.bincount(expert, minlength=self.num_experts)
-        order = torch.argsort(expert, stable=True)
-        starts = counts.cumsum(0) - counts
-        rank = torch.empty_like(expert)
-        rank[order] = torch.arange(len(expert), device=expert.device) - starts[expert[order]]
-        cap = self.capacity(batch, k, counts)
-        keep = rank < cap
-        return torch.where(keep, expert * cap + rank, 0), keep, cap
-
-    def combine_capacity(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        batch, k = indices.shape
-        n_exp = self.num_experts
-        slot, keep, cap = self._slots(indices)
-        # Which sample fills each buffer row. Empty rows read sample 0: their outputs are never read
-        # back, so no zero row (and no copy of x) is needed. Kept slots are unique; dropped pairs go
-        # to distinct scratch rows past the buffer: a deterministic scatter.
-        token = torch.arange(batch, device=x.device).repeat_interleave(k)
-        scratch = n_exp * cap + torch.arange(batch * k, device=x.device)
-        fill = torch.zeros(n_exp * cap + batch * k, dtype=torch.long, device=x.device)
-        fill.scatter_(0, torch.where(keep, slot, scratch), token)
-        xe = x.index_select(0, fill[: n_exp * cap]).view(n_exp, cap, -1)
-        out = self.experts(xe).reshape(n_exp * cap, -1).index_select(0, slot).view(batch, k, -1)
-        if self.capacity_factor is None:  # exact capacity: nothing is dropped
-            return torch.bmm(values.unsqueeze(1), out).squeeze(1)
-        return self._after_drops(x, indices, values, keep.view(batch, k), out)
-
-    def _after_drops(
-        self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, keep: torch.Tensor, out: torch.Tensor
-    ) -> torch.Tensor:
-        """Combine kept pairs only, their gate values renormalised so that each sample keeps its total
-        gate mass; a sample whose pairs were all dropped runs its top-1 expert alone in an overflow
-        pass (the pairs path), weighted by that whole mass (1 for every softmax gate of ssmoe)."""
-        mass = values.sum(1, keepdim=True)
-        kept = values * keep
-        kept = kept * (mass / kept.sum(1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny))
-        y = torch.bmm(kept.unsqueeze(1), out).squeeze(1)
-        lost = (~keep.any(1)).nonzero().squeeze(1)
-        if len(lost) == 0:
-            return y
-        top1 = indices[lost].gather(1, values[lost].argmax(1, keepdim=True))
-        return y.index_put((lost,), self.combine_pairs(x[lost], top1, mass[lost]))
-
-    @torch.no_grad()
-    def drop_counts(self, x: torch.Tensor) -> tuple[int, int, int]:
-        """(pairs, dropped_pairs, samples_with_all_pairs_dropped) of x as one eval-mode batch: pairs
-        over a fixed capacity (model.capacity_factor) are dropped; only the capacity path drops."""
-        was_training = self.gate.training
-        self.gate.eval()
-        try:
-            indices = self.gate(x).indices
-        finally:
-            self.gate.train(was_training)
-        batch, k = indices.shape
-        if self.capacity_factor is None or self.resolved_dispatch(k, batch) != "capacity":
-            return batch * k, 0, 0
-        keep = self._slots(indices)[1].view(batch, k)
-        return batch * k, int((~keep).sum()), int((~keep.any(1)).sum())
 
     # -- accounting -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,12 +1,14 @@
 """What `ssmoe train` measures once the model is trained and tested: parameter and FLOP accounting,
 the per-layer weight table, the exported model (written, reloaded from weights only, CSR kernels where
-they measure faster) and its latency, and, for a routed model (a mixture of experts), routing metrics
-and plots."""
+they measure faster) and its latency (with kernels.json: the kernel of each layer and the dispatch of
+each mixture at the timed batch sizes, exactly what was timed), and, for a routed model (a mixture of
+experts), routing metrics and plots."""
 
 from __future__ import annotations
 
 import csv
 import functools
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ def measure(
     """Metrics of the trained model (logged by the caller); artifacts go to the run as they are written.
     `quantized`: the quantize stage's result (ssmoe_cli.quantize.Quantized), None without one."""
     from ssmoe_cli.data.base import TensorDataModule
-    from ssmoe_cli.export import export_model, load_model, use_sparse_kernels
+    from ssmoe_cli.export import dispatch_choices, export_model, kernels, load_model, use_sparse_kernels
     from ssmoe_cli.models.accounting import account, nonzero_params
     from ssmoe_cli.models.diagnostics import routing_metrics
     from ssmoe_cli.models.registry import classes_of
@@ -70,13 +72,16 @@ def measure(
     # class objects this job built, never as names read back from the file (docs/security.md).
     exported = load_model(export.path, sparse_kernels=False, trusted=classes_of(model, model_config))
     exported = exported.to(device)
-    kernels = use_sparse_kernels(exported)
+    csr = use_sparse_kernels(exported)
+    # What the timed model runs: each layer's kernel and each mixture's dispatch at the timed batches.
+    record = {"layers": kernels(exported), "dispatch": dispatch_choices(exported, (1, 256))}
+    tracker.log_text(json.dumps(record, indent=2), "kernels.json")
     extra.update(
         {
             names.DENSE_BYTES: float(dense_bytes),
             names.SPARSE_BYTES: float(export.bytes),
             names.BYTES_RATIO_VS_FCL: dense_bytes / export.bytes,
-            names.CSR_LAYERS: float(sum(kernels.values())),
+            names.CSR_LAYERS: float(sum(csr.values())),
             names.INFER_MS_B1: latency_ms(exported, x_test[:1], repeats=cfg.timing.repeats_b1),
             names.INFER_MS_B256: latency_ms(exported, x_test[:256], repeats=cfg.timing.repeats_b256),
         }
