@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ssmoe_cli import metrics as M
+from ssmoe_cli.report.frontier_text import _paired as _points  # "+0.12 [-0.30, +0.54]", "+0.12 (1 seed)"
 from ssmoe_cli.report.intervals import Paired, Summary, paired_differences
 from ssmoe_cli.report.records import Group
 from ssmoe_cli.report.verdicts import Status
@@ -75,15 +76,6 @@ class Ablation:
     context: str  # what the configurations share, as a label
     rows: list[Row]
     sentence: str
-
-
-def _points(p: Paired) -> str:
-    s = p.summary
-    if s.mean is None:
-        return DASH
-    if s.ci_low is None or s.ci_high is None:
-        return f"{s.mean:+.2f} (1 seed)"
-    return f"{s.mean:+.2f} [{s.ci_low:+.2f}, {s.ci_high:+.2f}]"
 
 
 def _what(gate: str) -> str:
