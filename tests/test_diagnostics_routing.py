@@ -100,8 +100,7 @@ def test_drop_counts_sum_over_batches_of_256_and_no_capacity_drops_nothing():
     assert seen == [256, 256, 88]
     assert pairs == pytest.approx((64 + 64 + 22) / 1200)
     assert samples == pytest.approx(3 / 600)
-    assert dropped(SimpleNamespace(drop_counts=None), x) == (0.0, 0.0)
-    assert dropped(SimpleNamespace(), x) == (0.0, 0.0)  # a Routing without the field
+    assert dropped(SimpleNamespace(drop_counts=None), x) == (0.0, 0.0)  # a model that never drops
 
 
 def test_a_capacity_limit_drops_pairs_that_the_metrics_count_per_batch_of_256(one_thread):

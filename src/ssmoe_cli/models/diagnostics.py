@@ -137,7 +137,7 @@ def routed_output_corr(outputs: torch.Tensor, active: torch.Tensor, min_shared: 
 def dropped(routing: Routing, x: torch.Tensor, batch: int = EVAL_BATCH) -> tuple[float, float]:
     """(fraction of (sample, expert) pairs dropped, fraction of samples that lost every pair) when x
     passes in batches of `batch`; (0, 0) for a model without a capacity limit (no drop_counts)."""
-    counts = getattr(routing, "drop_counts", None)
+    counts = routing.drop_counts
     if counts is None or len(x) == 0:
         return 0.0, 0.0
     pairs = lost_pairs = lost_samples = 0
