@@ -51,10 +51,15 @@ class Masked(nn.Module):
         self.weight.mul_(self.mask)
 
     def masked_weight(self) -> torch.Tensor:
-        """The weight the forward pass uses (differentiable). Without autograd (inference) the product
-        is cached until the weight or the mask changes (their version counters): an exported or
-        evaluated model then never pays the E x out x in multiplication per call."""
+        """The weight the forward pass uses (differentiable): the weight itself while nothing is masked;
+        without autograd (inference) the product is cached until the weight or the mask changes
+        (their version counters): an exported or evaluated model never pays the multiplication per
+        call."""
+        if self._mask_is_full():  # nothing masked (yet): the product would be a copy of the weight
+            return self.weight
         if torch.is_grad_enabled():  # a cached product must never be saved for backward
+            return self.weight * self.mask
+        if self.weight.is_inference() or self.mask.is_inference():  # no version counters to key on
             return self.weight * self.mask
         key = (self.weight._version, self.mask._version, self.weight.data_ptr(), self.mask.data_ptr())
         cached = self.__dict__.get("_masked_cache")
@@ -62,6 +67,17 @@ class Masked(nn.Module):
             with torch.no_grad():
                 cached = (key, self.weight * self.mask)
             self.__dict__["_masked_cache"] = cached  # not a buffer: never saved, never moved
+        return cached[1]
+
+    def _mask_is_full(self) -> bool:
+        """Whether every weight is kept, re-read only when the mask changes (its version counter)."""
+        if self.mask.is_inference():  # built under inference_mode: no version counter to key on
+            return bool(self.mask.all())
+        key = (self.mask._version, self.mask.data_ptr())
+        cached = self.__dict__.get("_full_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, bool(self.mask.all()))
+            self.__dict__["_full_cache"] = cached
         return cached[1]
 
     def _drop(self, weight: torch.Tensor) -> torch.Tensor:
