@@ -121,7 +121,7 @@ def test_drop_counts_follow_the_capacity_and_the_dispatch():
     x = torch.randn(40, 12)
     # Every sample goes to the same 2 experts: 80 pairs, capacity ceil(80 / 8) = 10 per expert.
     assert model.routing().drop_counts(x) == (80, 60, 30)
-    assert model.routing().drop_counts(x[:3]) == (6, 0, 0)  # 6 pairs < 8 experts: grouped dispatch, which drops none
+    assert model.routing().drop_counts(x[:3]) == (6, 0, 0)  # 6 pairs < 8 experts: dense dispatch, no drops
     model.capacity_factor = None
     assert model.routing().drop_counts(x) == (80, 0, 0)
 

@@ -222,7 +222,7 @@ def test_a_run_records_the_kernels_and_dispatch_it_timed(run_cli, tmp_path):
     path = mlflow.MlflowClient().download_artifacts(run_id, "kernels.json", str(tmp_path))
     record = json.loads(Path(path).read_text())
     # The file carries its preprocessing: the network is the `model` inside the loaded wrapper.
-    assert record["dispatch"] == {"model": {"b1": "grouped", "b256": "capacity"}}
+    assert record["dispatch"] == {"model": {"b1": "dense", "b256": "capacity"}}  # sgmoe: E = 8, k = 2
     assert set(record["layers"]) == {"model.gate.w_gate", "model.layers.0", "model.layers.1"}
     expert_kernels = {f"full={a} one={b}" for a in ("csr", "dense") for b in ("csr", "dense")}
     assert record["layers"]["model.gate.w_gate"] in {"dense", "csr"}

@@ -38,12 +38,13 @@ def test_capacity_dispatch_equals_dense_computation(k, topology):
     assert torch.allclose(dense, routed, atol=1e-5)
     assert torch.allclose(dense, pairs, atol=1e-5)
     assert torch.allclose(model(x).logits, dense, atol=1e-5)
-    assert torch.allclose(model(x[:1]).logits, dense[:1], atol=1e-5)  # batch 1: auto picks grouped
+    assert torch.allclose(model(x[:1]).logits, dense[:1], atol=1e-5)  # batch 1: auto picks dense (E <= 4k)
 
 
 def test_auto_dispatch_rule():
     model = make(num_experts=8, k=2)
-    assert model.resolved_dispatch(2, batch=1) == "grouped"  # 2 pairs < 8 experts
+    assert model.resolved_dispatch(2, batch=1) == "dense"  # 2 pairs < 8 experts <= 4k: one batched pass
+    assert make(num_experts=16, k=2).resolved_dispatch(2, batch=1) == "grouped"  # E > 4k: active experts only
     assert model.resolved_dispatch(2, batch=64) == "capacity"
     assert make(num_experts=4, k=4).resolved_dispatch(4, batch=64) == "dense"  # every expert active: E <= k
     assert make(num_experts=4, k=2).resolved_dispatch(2, batch=64) == "capacity"
