@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import FAST, search_runs
 from torch import nn
 
 from ssmoe_cli.data.synthetic import Synthetic
@@ -63,3 +64,95 @@ def test_scheduler_is_stepped_once_per_epoch():
     trainer.fit(module, datamodule=dm)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)
     assert trainer.lr_scheduler_configs[0].interval == "epoch"
+
+
+class Recorder(pl.loggers.logger.Logger):
+    """Every (step, metrics) Lightning hands a logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    name, version = "recorder", "0"
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.records.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_training_losses_are_logged_once_per_epoch_as_the_epochs_mean():
+    """With lr = 0 the weights never move, so the epoch's train/loss (batch losses weighted by batch size:
+    7 batches of 32 and one of 26) must equal the loss of the whole training set at once, and the auxiliary
+    loss its constant value. One record per epoch: nothing is logged per step."""
+    pl.seed_everything(0, verbose=False)
+    dm = Synthetic(in_features=8, num_classes=3, n_train=280, n_test=50, val_size=30, batch_size=32)
+    module = ClassifierModule(WithAux(), num_classes=3, optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=recorder,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    x, y = dm.train_set.tensors
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(module.model(x).logits, y).item() + 0.5
+    train = [(step, m) for step, m in recorder.records if "train/loss" in m]
+    assert [step for step, _ in train] == [7, 15]  # the last step of each epoch (Lightning counts from 0)
+    for _, metrics in train:
+        assert metrics["train/loss"] == pytest.approx(expected, rel=1e-5)
+        assert metrics["train/aux/penalty"] == pytest.approx(0.5)
+    assert sum("train/loss" in m for _, m in recorder.records) == 2
+
+
+def test_progress_bar_updates_at_its_rate_and_always_on_an_epochs_last_batch(monkeypatch):
+    """At most refresh_rate updates a second: with the bar's clock stopped, it updates on the first batch,
+    then only on each epoch's last (so it ends at the total), never on the batches in between."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from ssmoe_cli import callbacks
+    from ssmoe_cli.callbacks import ThrottledRichProgressBar
+
+    updated: list[int] = []
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", lambda self, *args: updated.append(args[-1]))
+    monkeypatch.setattr(callbacks, "time", SimpleNamespace(monotonic=lambda: 100.0, perf_counter=lambda: 0.0))
+    pl.seed_everything(0, verbose=False)
+    dm = Synthetic(in_features=8, num_classes=3, n_train=330, n_test=50, val_size=10, batch_size=32)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        callbacks=[ThrottledRichProgressBar(refresh_rate=10)],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(ClassifierModule(FCL(8, 3, hidden=[8]), num_classes=3), datamodule=dm)
+    assert updated == [0, 9, 9]  # 10 batches an epoch
+
+
+@pytest.mark.slow
+def test_cli_run_logs_each_training_loss_once_per_epoch_with_the_progress_bar_on(run_cli, tmp_path, mlflow_db):
+    """Through `ssmoe train` with the default progress bar (trainer=debug switches it off): train/loss
+    and val/acc reach MLflow once per epoch, at increasing steps."""
+    import mlflow
+
+    run_cli(
+        "train",
+        "model=fcl",
+        "data=digits",
+        "threads=1",
+        *FAST,
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=true",
+    )
+    (run_id,) = search_runs(tmp_path)["run_id"]
+    client = mlflow.MlflowClient()
+    for name in ("train/loss", "val/acc"):
+        steps = [m.step for m in client.get_metric_history(run_id, name)]
+        assert len(steps) == 2 and steps[0] < steps[1], (name, steps)

@@ -37,6 +37,10 @@ class ClassifierModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # The epoch's training losses, summed over its batches (each weighted by its size); logged once
+        # per epoch in on_train_epoch_end.
+        self._epoch_sums: dict[str, torch.Tensor] = {}
+        self._epoch_count = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).logits
@@ -46,12 +50,34 @@ class ClassifierModule(pl.LightningModule):
         out = self.model(x)
         ce = F.cross_entropy(out.logits, y)
         loss = ce + sum(out.aux.values()) if out.aux else ce
-        # sync_dist: under DDP the epoch's value is the mean over every process's shard, not rank 0's
-        # alone; one all-reduce per metric at the epoch's end (a no-op in a single process).
-        self.log(names.TRAIN_LOSS, loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        # Summed here and logged once per epoch (on_train_epoch_end) rather than with self.log per step:
+        # each self.log call costs Lightning ~0.5 ms of bookkeeping (it moves its result record to the
+        # value's device through a deep copy), a quarter of the dense FCL's whole step on a 2-core CPU.
+        n = len(y)
+        self._epoch_count += n
+        self._add(names.TRAIN_LOSS, loss, n)
         for name, value in out.aux.items():
-            self.log(names.aux_loss(name), value, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+            self._add(names.aux_loss(name), value, n)
         return loss
+
+    def _add(self, name: str, value: torch.Tensor, n: int) -> None:
+        weighted = value.detach() * n
+        total = self._epoch_sums.get(name)
+        self._epoch_sums[name] = weighted if total is None else total + weighted
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_sums = {}
+        self._epoch_count = 0
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_count:
+            return
+        for name, total in self._epoch_sums.items():
+            # The epoch's mean, weighted by batch size as Lightning's on_epoch mean is. sync_dist: under DDP
+            # Lightning sums value x batch_size and the batch sizes over the processes, so the logged value
+            # is the mean over every process's shard, not rank 0's alone (a no-op in a single process).
+            count = self._epoch_count
+            self.log(name, total / count, on_step=False, on_epoch=True, batch_size=count, sync_dist=True)
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, acc: MulticlassAccuracy) -> None:
         x, y = batch
