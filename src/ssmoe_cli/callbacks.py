@@ -115,9 +115,9 @@ class ThrottledRichProgressBar(RichProgressBar):
     """Lightning's RichProgressBar, updated at most `refresh_rate` times per second during training.
 
     Lightning's bar updates its task, reads every metric and asks for a redraw after each training batch,
-    whatever `refresh_rate` says (that only paces Rich's redraw thread): ~0.2 ms per step, a tenth of the
-    dense FCL's step on a 2-core CPU. Between updates the bar simply lags; the epoch's last batch and the
-    epoch's end always update it, so it never stops short of the total.
+    whatever `refresh_rate` says (that only paces Rich's redraw thread): 2% of the dense FCL's training
+    loop on CPU with the output in a pipe, more at a terminal where Rich draws. Between updates it lags; an
+    epoch's last batch and its end always update it, so it never stops short of the total.
     """
 
     def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:
