@@ -496,3 +496,24 @@ def test_accounting_of_a_pruned_moe_reflects_the_masks():
     assert after.active_per_sample < 0.5 * before.active_per_sample
     assert after.flops_per_sample < 0.5 * before.flops_per_sample
     assert not math.isnan(after.active_per_sample)
+
+
+def test_post_training_pruning_runs_at_the_end_and_revalidates_the_pruned_model():
+    # prune.start = max_epochs with min_retrain=0: OBC's setting, no retraining after the event.
+    model = fcl()
+    callback = MagnitudePruning(target_sparsity=0.9, schedule="oneshot", start=2, min_retrain=0)
+    data = Synthetic(in_features=IN, num_classes=CLASSES, n_train=112, n_test=16, val_size=32, batch_size=16)
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback], deterministic=True,
+    )  # fmt: skip
+    trainer.fit(ClassifierModule(model, CLASSES), datamodule=data)
+    assert [row["at"] for row in callback.history] == [2]
+    layers = target_layers(model).values()
+    assert sum(masked_count(layer) for layer in layers) == round(0.9 * sum(layer.weight.numel() for layer in layers))
+    # val/acc is the pruned model's, measured after the event, not the last epoch's unpruned value.
+    model.eval()
+    x, y = data.val_set.tensors
+    with torch.no_grad():
+        expected = float((model(x).logits.argmax(1) == y).float().mean())
+    assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(expected)

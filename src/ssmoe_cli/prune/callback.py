@@ -109,6 +109,43 @@ class PruningCallback(pl.Callback):
             names.PRUNE_SPARSITY, self.final_sparsity(self._network()), on_step=False, on_epoch=True, sync_dist=True
         )
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Post-training pruning: an event at the very end of training (prune.start = trainer.max_epochs
+        with prune.min_retrain=0, the setting of OBC and SparseGPT) runs here, with no retraining, and
+        the validation set is measured again so that val/loss and val/acc are the pruned model's."""
+        if self.schedule is None:
+            return
+        now = trainer.current_epoch if self.schedule.unit == "epoch" else trainer.global_step
+        if self._run_due(now) and not trainer.sanity_checking:
+            self._revalidate(trainer, pl_module)
+
+    @torch.no_grad()
+    def _revalidate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            return
+        model = self._network()
+        was_training = model.training
+        model.eval()
+        loss, correct, count = 0.0, 0, 0
+        try:
+            for x, y in datamodule.val_dataloader():
+                x, y = x.to(pl_module.device), y.to(pl_module.device)
+                logits = model(x).logits
+                loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                count += len(y)
+        finally:
+            model.train(was_training)
+        if not count:
+            return
+        values = {names.VAL_LOSS: loss / count, names.VAL_ACC: correct / count}
+        # callback_metrics: what `ssmoe train` reports as the run's validation result (and Optuna optimises).
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+        if trainer.logger is not None and trainer.is_global_zero:
+            trainer.logger.log_metrics(values, step=trainer.global_step)
+        log.info("prune: after post-training pruning, val/acc %.4f", values[names.VAL_ACC])
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.schedule is not None and len(self.done) < self.schedule.n:
             budget = self.schedule.target_nonzero
@@ -156,13 +193,13 @@ class PruningCallback(pl.Callback):
             return math.inf if trainer.max_epochs is None or trainer.max_epochs < 0 else trainer.max_epochs
         return float(trainer.estimated_stepping_batches)
 
-    def _run_due(self, now: int) -> None:
+    def _run_due(self, now: int) -> bool:
         """Apply the latest round whose time has come (earlier missed rounds, e.g. after resuming
-        from a checkpoint, are covered by it: the round targets are absolute sparsities)."""
+        from a checkpoint, are covered by it: the round targets are absolute sparsities); True if one ran."""
         assert self.schedule is not None
         due = [r for r, at in enumerate(self.schedule.events(), start=1) if at <= now and r not in self.done]
         if not due:
-            return
+            return False
         r = max(due)
         model = self._network()
         target = self._resolved_schedule(model).sparsity(r)
@@ -179,6 +216,7 @@ class PruningCallback(pl.Callback):
             target,
             reached,
         )
+        return True
 
     def _resolved_schedule(self, model: nn.Module) -> Schedule:
         """The schedule with its final sparsity: prune.target_sparsity, or the sparsity that reaches
