@@ -25,17 +25,22 @@ from ssmoe_cli.models.moe import MixtureOfExperts
 
 
 class UniformGate(Gate):
-    """Routes each sample to k distinct experts drawn at random, equal weights (benchmark only)."""
+    """Routes each sample to k distinct experts drawn at random, equal weights (benchmark only). The
+    draw is made once per batch size and reused, so that no gate cost (an argsort over B x E, which
+    grows with E) enters the dispatch's time."""
 
     def __init__(self, num_experts: int, k: int) -> None:
         super().__init__()
         self.num_experts, self.k = num_experts, k
+        self._drawn: dict[int, GateOutput] = {}
 
     def forward(self, x: torch.Tensor) -> GateOutput:
-        idx = torch.rand(len(x), self.num_experts).argsort(1)[:, : self.k]
-        val = torch.full((len(x), self.k), 1.0 / self.k)
-        weights = torch.zeros(len(x), self.num_experts).scatter(1, idx, val)
-        return GateOutput(weights, idx, val, {}, None)
+        if len(x) not in self._drawn:
+            idx = torch.rand(len(x), self.num_experts).argsort(1)[:, : self.k]
+            val = torch.full((len(x), self.k), 1.0 / self.k)
+            weights = torch.zeros(len(x), self.num_experts).scatter(1, idx, val)
+            self._drawn[len(x)] = GateOutput(weights, idx, val, {}, None)
+        return self._drawn[len(x)]
 
     def active_params(self) -> int:
         return 0
