@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from sklearn.neighbors import KNeighborsClassifier
+from test_tsne import clusters
 
 from ssmoe_cli.models.gating.knn_graph import (
     NeighbourGraph,
@@ -20,13 +21,6 @@ from ssmoe_cli.models.gating.ptsne import PTSNEGate
 from ssmoe_cli.models.gating.tsne import calibrate_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def clusters(n_per: int, n_clusters: int, dim: int, spread: float = 10.0, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(n_clusters, dim, generator=g) * spread
-    x = means.repeat_interleave(n_per, 0) + torch.randn(n_per * n_clusters, dim, generator=g)
-    return x, torch.arange(n_clusters).repeat_interleave(n_per)
 
 
 def test_nearest_neighbours_exact_and_never_self() -> None:
