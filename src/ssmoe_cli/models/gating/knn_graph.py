@@ -6,7 +6,7 @@ Fashion-MNIST images a point never sees its real 90 nearest neighbours. Here P c
 training point's nearest neighbours over the WHOLE training set, as Barnes-Hut / openTSNE build it:
 
 - ``nearest_neighbours``: exact kNN in torch, in chunks of queries (optionally on a PCA projection,
-  ``pca``, which makes the search ~15x cheaper on 784-D images);
+  ``pca``: on 55,000 784-D images 55 s instead of 119 s with 2 threads, the top-k then dominating);
 - ``calibrate_rows`` (tsne.py): perplexity-calibrated conditional p_{j|i} over the k = 3 *
   perplexity neighbours, each row summing to 1;
 - ``symmetrise``: P = (P_cond + P_cond^T) / (2n), a sparse edge list (i, j, P_ij), both directions.
@@ -16,10 +16,10 @@ ICLR 2023, "From t-SNE to UMAP with contrastive learning"): every step draws b e
 probability P_ij (``NeighbourGraph.sample``), embeds their 2b end points and, for each end point,
 takes the cross-entropy of picking its partner among the other 2b - 1 points of the step under the
 Student-t kernel (``infonce_loss``). Damrich et al. show this loss approaches t-SNE's as the
-number of negatives grows (here 2b - 2, e.g. 1,998) and, unlike a KL with Z estimated from the
-batch, it is an unbiased per-step objective; their parametric version (the contrastive-ne library)
-also draws its negatives from the batch. Edges are sampled in proportion to P, so the attraction of
-an edge is weighted by P_ij as in t-SNE's gradient.
+number of negatives grows (here 2b - 2, e.g. 1,022 at b = 512) and, unlike a KL with Z estimated
+from the batch, each step's loss is well defined (no log of a noisy estimate of Z); their
+parametric version (the contrastive-ne library) also draws its negatives from the batch. Edges are
+sampled in proportion to P, so the attraction of an edge is weighted by P_ij as in t-SNE's gradient.
 """
 
 from __future__ import annotations
