@@ -86,6 +86,8 @@ def ssmoe_train(overrides: list[str], terminal: bool) -> dict[str, float]:
             sys.exit(f"ssmoe train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
         runs = mlflow.search_runs(experiment_names=["ssmoe"])
+        if runs.empty:  # logger=none, or another experiment_name
+            sys.exit("ssmoe train logged no run in experiment 'ssmoe' (its times are read from it): keep logger=mlflow")
         return {k[len("metrics.") :]: float(v) for k, v in runs.iloc[0].items() if k.startswith("metrics.")}
 
 
