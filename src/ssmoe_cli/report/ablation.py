@@ -31,7 +31,7 @@ KEY = "gating"
 REFERENCE = "ptsne"
 # What each control takes away from the paper's gate, or which router of the field it is.
 REMOVES = {
-    "ptsne_random": "the centres' placement",
+    "ptsne_random": "the k-means placement of the centres",
     "pca_map": "the t-SNE objective",
     "input_kmeans": "the 2-D map",
     "lsh": "learned routing",
@@ -100,7 +100,7 @@ def judge(gate: str, val: Paired) -> tuple[Status, str, str]:
         return "supported", short, f"{head}: {short}"
     if s.ci_low > 0:
         short = f"{gate} is better: " + (
-            f"{REFERENCE}'s {what} costs accuracy" if control else f"{what} beats {REFERENCE}"
+            f"{what} costs accuracy" if control else f"{what} beats {REFERENCE}"
         )
         return "not supported", short, f"{head}: {short}"
     short = f"{what} is not shown to matter" if control else f"not shown to differ from {what}"
