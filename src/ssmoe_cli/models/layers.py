@@ -55,7 +55,7 @@ class Masked(nn.Module):
         without autograd (inference) the product is cached until the weight or the mask changes
         (their version counters): an exported or evaluated model never pays the multiplication per
         call."""
-        if self._mask_is_full():  # nothing masked (yet): the product would be a copy of the weight
+        if self.mask_is_full():  # nothing masked (yet): the product would be a copy of the weight
             return self.weight
         if torch.is_grad_enabled():  # a cached product must never be saved for backward
             return self.weight * self.mask
@@ -69,7 +69,7 @@ class Masked(nn.Module):
             self.__dict__["_masked_cache"] = cached  # not a buffer: never saved, never moved
         return cached[1]
 
-    def _mask_is_full(self) -> bool:
+    def mask_is_full(self) -> bool:
         """Whether every weight is kept, re-read only when the mask changes (its version counter)."""
         if self.mask.is_inference():  # built under inference_mode: no version counter to key on
             return bool(self.mask.all())
