@@ -156,7 +156,10 @@ class MixtureOfExperts(Dispatch, Model):
 
     def _fusable(self) -> bool:
         first = self.layers[0]
-        return self.route is not None and isinstance(first, ExpertLinear) and first.bias is not None
+        # A hook on layer 0 (prune=obs collects its inputs there; a user's probe) must see its call:
+        # the fused pass would bypass it, so a hooked layer runs on its own.
+        hooked = bool(first._forward_hooks or first._forward_pre_hooks)
+        return self.route is not None and isinstance(first, ExpertLinear) and first.bias is not None and not hooked
 
     def _first_with_routes(self, xe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer 0 of every expert and its route units in one batched matmul: both read the same
