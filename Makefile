@@ -60,9 +60,11 @@ train: setup
 
 # Two pytest-xdist workers (TEST_WORKERS=0: one process): most tests wait on `ssmoe` subprocesses, so two
 # keep both cores busy. loadgroup keeps tests marked xdist_group(NAME) on one worker (the SLURM cluster).
+# OMP_NUM_THREADS=1: one torch thread per process, as the workers already fill the cores (runs that set
+# `threads` still get what they ask for).
 TEST_WORKERS ?= 2
 test: setup slurm-packages
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
