@@ -7,8 +7,6 @@ from conftest import FAST, errors, start_train
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-
-
 def test_runs_started_together_get_their_own_folders(tmp_path, run_cli):
     """Two runs whose folder names collide (as two started in the same second do: the default names
     the folder after the time to the second) each claim their own folder and write only there."""

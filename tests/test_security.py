@@ -248,8 +248,16 @@ def test_registry_rows_come_from_constructor_annotations():
     from ssmoe_cli.models.registry import _entry
 
     class Annotated(Gate):
-        def __init__(self, in_features: int, num_experts: int, k: int, widths: Sequence[int] = (4,),
-                     scale: float | None = None, mode: str = "a", on: bool = True) -> None:
+        def __init__(
+            self,
+            in_features: int,
+            num_experts: int,
+            k: int,
+            widths: Sequence[int] = (4,),
+            scale: float | None = None,
+            mode: str = "a",
+            on: bool = True,
+        ) -> None:
             super().__init__(in_features, num_experts, k)
 
     entry = _entry(Annotated, "gate")

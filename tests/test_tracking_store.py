@@ -16,8 +16,6 @@ from conftest import FAST, cli_env, errors, search_runs, start_train
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-
-
 def train(cwd: Path, *args: str, env_from: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ssmoe_cli", "train", *args],

@@ -121,8 +121,7 @@ def random_masks(
         kept = _top(torch.cat(list(keys.values())), total).split(sizes)
         return {name: k.view(layers[name].mask.shape) for name, k in zip(layers, kept, strict=True)}
     return {
-        name: _top(keys[name], n_keep).view(layers[name].mask.shape)
-        for name, n_keep in zip(layers, keeps, strict=True)
+        name: _top(keys[name], n_keep).view(layers[name].mask.shape) for name, n_keep in zip(layers, keeps, strict=True)
     }
 
 

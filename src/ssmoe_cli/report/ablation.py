@@ -99,9 +99,7 @@ def judge(gate: str, val: Paired) -> tuple[Status, str, str]:
         short = f"{REFERENCE} is better: " + (f"{what} matters" if control else f"{REFERENCE} beats {what}")
         return "supported", short, f"{head}: {short}"
     if s.ci_low > 0:
-        short = f"{gate} is better: " + (
-            f"{what} costs accuracy" if control else f"{what} beats {REFERENCE}"
-        )
+        short = f"{gate} is better: " + (f"{what} costs accuracy" if control else f"{what} beats {REFERENCE}")
         return "not supported", short, f"{head}: {short}"
     short = f"{what} is not shown to matter" if control else f"not shown to differ from {what}"
     return "not supported", short, f"{head}: {short}"
