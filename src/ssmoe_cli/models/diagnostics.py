@@ -200,8 +200,7 @@ def _routing_metrics(
         names.CLASS_MI: class_expert_mi(by_class, class_counts),
         names.DROPPED_PAIRS: drop_pairs,
         names.DROPPED_SAMPLES: drop_samples,
-        names.OUTPUT_CORR: expert_output_corr(routing, x_sub[:1000]),
-        names.OUTPUT_CORR_ROUTED: expert_output_corr_routed(routing, x_sub, weights[pick] > 0),
+        **expert_output_corrs(routing, x_sub, weights[pick] > 0),
         names.GATE_ENTROPY: float(entropy),
     }
     view = GateView(
@@ -231,27 +230,18 @@ def _routing_metrics(
     return metrics, view
 
 
-def _all_outputs(routing: Routing, x: torch.Tensor) -> torch.Tensor:
-    """(E, N, C) every expert's outputs on x (expert e on row block e)."""
-    return routing.run_experts(x.unsqueeze(0).expand(routing.num_experts, -1, -1))
-
-
 @torch.no_grad()
-def expert_output_corr(routing: Routing, x: torch.Tensor) -> float:
-    """Mean off-diagonal Pearson correlation between experts' outputs on the same inputs."""
+def expert_output_corrs(routing: Routing, x: torch.Tensor, active: torch.Tensor) -> dict[str, float]:
+    """experts/output_corr (every expert on the first 1,000 of x, mean off-diagonal Pearson
+    correlation) and experts/output_corr_routed (routed_output_corr with `active` (N, E), the
+    routing of x), from one batched pass of every expert over x (cheaper than gathering)."""
     n_exp = routing.num_experts
     if n_exp < 2 or len(x) < 2:
-        return float("nan")
-    out = _all_outputs(routing, x).reshape(n_exp, -1).double()
-    corr = torch.corrcoef(out)
+        return {names.OUTPUT_CORR: float("nan"), names.OUTPUT_CORR_ROUTED: float("nan")}
+    outputs = routing.run_experts(x.unsqueeze(0).expand(n_exp, -1, -1))  # (E, N, C)
+    corr = torch.corrcoef(outputs[:, :1000].reshape(n_exp, -1).double())
     off = ~torch.eye(n_exp, dtype=torch.bool, device=corr.device)
-    return float(corr[off].nanmean())
-
-
-@torch.no_grad()
-def expert_output_corr_routed(routing: Routing, x: torch.Tensor, active: torch.Tensor) -> float:
-    """routed_output_corr of the experts on x, `active` (N, E) their routing of x. Every expert runs
-    on all of x in one batched pass (cheaper than gathering); only routed samples' outputs are read."""
-    if routing.num_experts < 2 or len(x) < 2:
-        return float("nan")
-    return routed_output_corr(_all_outputs(routing, x), active)
+    return {
+        names.OUTPUT_CORR: float(corr[off].nanmean()),
+        names.OUTPUT_CORR_ROUTED: routed_output_corr(outputs, active),
+    }
