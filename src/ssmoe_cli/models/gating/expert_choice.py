@@ -36,8 +36,8 @@ import math
 import torch
 from torch import Tensor
 
-from ssmoe_cli.models.gating.base import Gate, GateOutput, loss_weight, z_loss_aux
-from ssmoe_cli.models.gating.switch import small_router
+from ssmoe_cli.models.gating.base import GateOutput, loss_weight, z_loss_aux
+from ssmoe_cli.models.gating.switch import LinearRouter, small_router
 
 
 def expert_capacity(batch: int, k: int, num_experts: int, capacity_factor: float) -> int:
@@ -59,7 +59,7 @@ def expert_choice(scores: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
     return chosen | (best & unrouted.unsqueeze(1)), unrouted
 
 
-class ExpertChoiceGate(Gate):
+class ExpertChoiceGate(LinearRouter):
     """Expert-choice router: each expert takes its top-c samples of the batch by router score.
 
     `unrouted`: how many samples of the last forward batch no expert chose (they got the fallback).
@@ -102,12 +102,6 @@ class ExpertChoiceGate(Gate):
         indices = torch.topk(torch.where(chosen, scores.detach(), -1.0), width, dim=1).indices
         values = weights.gather(1, indices)
         return GateOutput(weights, indices, values, z_loss_aux(logits, self.z_loss, self.training), None)
-
-    def active_params(self) -> int:
-        return self.router.nonzero_params()
-
-    def active_macs(self) -> int:
-        return self.router.nonzero_weights()
 
     def extra_repr(self) -> str:
         return f"k={self.k}, capacity_factor={self.capacity_factor}, z_loss={self.z_loss}"

@@ -57,7 +57,20 @@ def switch_balance_loss(probs: Tensor, indices: Tensor, num_experts: int) -> Ten
     return num_experts * (f * probs.mean(0)).sum()
 
 
-class SwitchGate(Gate):
+class LinearRouter(Gate):
+    """Base of the gates whose eval-mode pass is one bias-free linear router (`self.router`, from
+    `small_router`): its nonzero weights are the gate's active parameters and multiply-adds."""
+
+    router: MaskedLinear
+
+    def active_params(self) -> int:
+        return self.router.nonzero_params()
+
+    def active_macs(self) -> int:
+        return self.router.nonzero_weights()
+
+
+class SwitchGate(LinearRouter):
     """Switch Transformer router: top-k (k = 1 by the paper) of linear logits, balancing loss."""
 
     def __init__(
@@ -86,12 +99,6 @@ class SwitchGate(Gate):
                 aux["switch_balance"] = self.alpha * switch_balance_loss(probs, indices, self.num_experts)
             aux.update(z_loss_aux(logits, self.z_loss, self.training))
         return GateOutput(weights, indices, values, aux, None)
-
-    def active_params(self) -> int:
-        return self.router.nonzero_params()
-
-    def active_macs(self) -> int:
-        return self.router.nonzero_weights()
 
     def extra_repr(self) -> str:
         return f"k={self.k}, alpha={self.alpha}, z_loss={self.z_loss}"
