@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only a type here: `ssmoe report` uses pyplot() without importing torch
     from ssmoe_cli.models.diagnostics import GateView
@@ -63,10 +63,7 @@ def gating_map(view: GateView, path: Path, title: str = "") -> Path | None:
             ax.text(cx, cy, f" {e}", fontsize=8, weight="bold")
     fig.colorbar(pts, ax=ax, label="class")
     ax.set_title(title or "gating map: test points by class, expert centres (X), routes")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def expert_load(view: GateView, path: Path, title: str = "") -> Path:
@@ -80,10 +77,7 @@ def expert_load(view: GateView, path: Path, title: str = "") -> Path:
     ax.set_ylabel("fraction of test assignments")
     ax.set_title(title or "expert load")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def expert_table(view: GateView, path: Path) -> Path | None:
@@ -132,6 +126,11 @@ def class_routing(view: GateView, path: Path, title: str = "") -> Path | None:
     ax.set_ylabel("class (test samples)")
     fig.colorbar(img, ax=ax, label="fraction of the class's gate mass")
     ax.set_title(title or "routing by class")
+    return _save(plt, fig, path)
+
+
+def _save(plt: ModuleType, fig: Any, path: Path) -> Path:
+    """Lay out, write and close a figure (closed: a long sweep must not keep figures alive)."""
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
