@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -127,66 +126,6 @@ def test_four_parallel_jobs_on_one_sqlite_store_lose_no_run(run_cli, tmp_path):
     )
     runs = search_runs(tmp_path)
     assert len(runs) == 4 and set(runs.status) == {"FINISHED"} and set(runs["params.seed"]) == {"0", "1", "2", "3"}
-
-
-def _final_acc(stdout: str) -> str:
-    return next(line for line in stdout.splitlines() if "test accuracy" in line)
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_into_the_same_run_and_reaches_the_same_result(run_cli, tmp_path, store_template):
-    # sgmoe: its gate draws noise in training, so the RNG state must be restored too.
-    args = [
-        "train",
-        "model=sgmoe",
-        "data=synthetic",
-        "data.n_train=24000",
-        "data.batch_size=32",
-        "model.num_experts=4",
-        "model.expert_hidden=[16]",
-        "trainer.max_epochs=4",
-        "threads=1",
-        "trainer.enable_progress_bar=false",
-        "timing.repeats_b1=5",
-        "timing.repeats_b256=3",
-    ]
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    for folder in (reference, tmp_path):  # stores that exist: MLflow's seconds of creating one are not tested here
-        shutil.copyfile(store_template, folder / "mlflow.db")
-    # The uninterrupted reference trains on the other core while the run to be killed trains here.
-    with (reference / "stdout").open("w") as out, (reference / "stderr").open("w") as err:
-        ref = subprocess.Popen(
-            [sys.executable, "-m", "ssmoe_cli", *args], cwd=reference, env=cli_env(reference), stdout=out, stderr=err
-        )
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ssmoe_cli", *args],
-            cwd=tmp_path,
-            env=cli_env(tmp_path),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 300
-        ckpt: list[Path] = []
-        while not ckpt and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            ckpt = list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt"))
-        assert ckpt and proc.poll() is None, "the run ended before it could be killed mid-training"
-        time.sleep(0.3)  # into the next epoch (one takes about a second)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert search_runs(tmp_path).iloc[0].status == "RUNNING"  # killed: nobody could close it
-
-        resumed = run_cli(*args, "ckpt_path=last")
-        assert ref.wait(timeout=600) == 0, (reference / "stderr").read_text()
-    finally:
-        if ref.poll() is None:
-            ref.kill()
-            ref.wait()
-    runs = search_runs(tmp_path)
-    assert len(runs) == 1 and runs.iloc[0].status == "FINISHED" and runs.iloc[0]["tags.resumed"] == "true"
-    assert _final_acc(resumed.stdout) == _final_acc((reference / "stdout").read_text())
 
 
 def journal_records(path: Path) -> list[dict]:

@@ -12,32 +12,6 @@ from conftest import FAST, errors, search_runs, start_train, wait_for
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
 
-@pytest.mark.slow
-def test_sigterm_during_training_ends_killed_keeps_the_checkpoint_and_resumes(run_cli, tmp_path, mlflow_db):
-    """How SLURM and other schedulers stop a job: exit 143 with one line, the run KILLED with the
-    reason, the last epoch's checkpoint kept, and `ckpt_path=last` finishes the same run."""
-    args = [*SYNTH, "trainer.max_epochs=8", "trainer.enable_progress_bar=false", *FAST[1:]]
-    proc, err = start_train(tmp_path, *args)
-    (ckpt,) = wait_for(proc, lambda: list(tmp_path.glob("logs/train/runs/*/checkpoints/last.ckpt")), "a checkpoint")
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
-    stderr = err.read_text()
-    assert "Traceback" not in stderr
-    assert errors(stderr) == [
-        "ssmoe: error: terminated by SIGTERM during training; the MLflow run is KILLED, its checkpoint "
-        f"{ckpt} is kept: continue with ckpt_path=last"
-    ]
-    run = search_runs(tmp_path).iloc[0]
-    assert run.status == "KILLED" and run["tags.error"] == "terminated by SIGTERM during training"
-    assert ckpt.is_file()
-
-    resumed = run_cli("train", *args, "ckpt_path=last")
-    assert "dirpath has changed" not in resumed.stderr  # a resumed run writes into its own new folder
-    runs = search_runs(tmp_path)
-    assert len(runs) == 1 and runs.iloc[0].run_id == run.run_id
-    assert runs.iloc[0].status == "FINISHED" and runs.iloc[0]["tags.resumed"] == "true"
-
-
 def test_sigterm_stops_a_sweep_which_names_its_stopped_jobs(tmp_path, mlflow_db):
     """The running job ends KILLED and hands in its outcome (what submitit needs from a SLURM job);
     the sweep's later jobs do not start, and its summary names them all."""

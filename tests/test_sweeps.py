@@ -52,13 +52,12 @@ def test_quick_grid_with_joblib_runs_every_job_in_parallel(run_cli, tmp_path, ml
 
 @pytest.mark.slow
 def test_rerun_with_skip_finished_does_not_train_again(run_cli, tmp_path, mlflow_db):
-    args = ["train", "-m", *SYNTH, "seed=0,1", "skip_finished=true", *FAST]
-    run_cli(*args)
-    again = run_cli(*args)
-    assert again.stdout.count("skipped, already finished") == 2
+    run_cli("train", "-m", *SYNTH, "seed=0,1", "skip_finished=true", *FAST)
     assert len(search_runs(tmp_path)) == 2
-    run_cli("train", *SYNTH, "seed=2", "skip_finished=true", *FAST)  # a new config trains
-    assert len(search_runs(tmp_path)) == 3
+    again = run_cli("train", "-m", *SYNTH, "seed=0,1,2", "skip_finished=true", *FAST)
+    assert again.stdout.count("skipped, already finished") == 2  # seeds 0 and 1
+    runs = search_runs(tmp_path)  # seed 2, a new config, trained
+    assert len(runs) == 3 and sorted(runs["params.seed"]) == ["0", "1", "2"]
 
 
 @pytest.mark.slow
