@@ -42,6 +42,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--neighbors", default=str(d["neighbors"]), help="'auto' (3 x perplexity), an int, or 'all'")
     ap.add_argument("--exaggeration", type=float, default=d["early_exaggeration"], help="early_exaggeration")
     ap.add_argument("--exaggeration-epochs", type=int, default=d["exaggeration_epochs"])
+    ap.add_argument(
+        "--final-exaggeration", type=float, default=d["exaggeration"], help="exaggeration after the early phase"
+    )
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d["pretrain_lr_schedule"])
     ap.add_argument("--tsne-samples", type=int, default=d["tsne_samples"], help="train t-SNE on a random subset")
     ap.add_argument("--objective", choices=["batch", "knn_graph"], default=d["objective"])
     ap.add_argument(
@@ -79,6 +83,8 @@ def main() -> None:
         dof=args.dof,
         early_exaggeration=args.exaggeration,
         exaggeration_epochs=args.exaggeration_epochs,
+        exaggeration=args.final_exaggeration,
+        pretrain_lr_schedule=args.lr_schedule,
         tsne_samples=args.tsne_samples,
         objective=args.objective,
         knn_pca=args.knn_pca or None,
@@ -115,8 +121,8 @@ def main() -> None:
 
     print(
         f"hidden={args.hidden} epochs={args.epochs} batch={args.batch_size} perplexity={args.perplexity} "
-        f"neighbors={args.neighbors} dof={args.dof} lr={args.lr} "
-        f"exaggeration={args.exaggeration}x{args.exaggeration_epochs} "
+        f"neighbors={args.neighbors} dof={args.dof} lr={args.lr} ({args.lr_schedule}) "
+        f"exaggeration={args.exaggeration}x{args.exaggeration_epochs} then {args.final_exaggeration} "
         f"tsne_samples={args.tsne_samples} objective={args.objective} knn_pca={args.knn_pca} "
         f"threads={args.threads}"
     )

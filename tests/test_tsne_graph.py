@@ -9,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_module
 from sklearn.neighbors import KNeighborsClassifier
 from test_tsne import clusters
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ssmoe_cli.models.gating.knn_graph import (
     NeighbourGraph,
@@ -17,7 +18,7 @@ from ssmoe_cli.models.gating.knn_graph import (
     pca,
     symmetrise,
 )
-from ssmoe_cli.models.gating.ptsne import PTSNEGate
+from ssmoe_cli.models.gating.ptsne import PTSNEGate, cosine_lr
 from ssmoe_cli.models.gating.tsne import calibrate_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -156,6 +157,46 @@ def test_knn_graph_prepare_is_deterministic_and_joint_schedule_trains() -> None:
     assert all(p.grad is not None for p in joint.net.parameters())
 
 
+def test_cosine_lr_by_hand() -> None:
+    assert cosine_lr(0.1, 0, 4) == pytest.approx(0.1)
+    assert cosine_lr(0.1, 1, 4) == pytest.approx(0.05 * (1 + math.sqrt(0.5)))  # cos(pi / 4)
+    assert cosine_lr(0.1, 2, 4) == pytest.approx(0.05)
+    assert cosine_lr(0.1, 3, 4) == pytest.approx(0.05 * (1 - math.sqrt(0.5)))
+
+
+def test_pretrain_exaggeration_phases_and_cosine_lr() -> None:
+    """Each step's exaggeration (early for exaggeration_epochs, then ``exaggeration``) and lr."""
+    x, _ = clusters(20, 3, 6)  # 60 points, edges of 20 per step: 3 steps per epoch
+    gate = PTSNEGate(
+        6,
+        3,
+        1,
+        hidden=(4,),
+        pretrain_epochs=0,
+        pretrain_lr=0.1,
+        tsne_batch_size=20,
+        perplexity=5.0,
+        objective="knn_graph",
+        knn_pca=None,
+        schedule="joint",
+        early_exaggeration=12.0,
+        exaggeration_epochs=1,
+        exaggeration=3.0,
+        pretrain_lr_schedule="cosine",
+    )
+    gate.prepare(x, torch.Generator().manual_seed(0))
+    alphas, lrs = [], []
+    graph_loss = gate._graph_loss
+    gate._graph_loss = lambda alpha: alphas.append(alpha) or graph_loss(alpha)  # type: ignore[method-assign]
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    try:
+        gate.pretrain(2)
+    finally:
+        hook.remove()
+    assert alphas == [12.0] * 3 + [3.0] * 3
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * s / 6)) for s in range(6)])
+
+
 def test_random_centres_are_distinct_training_points_inside_the_map() -> None:
     torch.manual_seed(0)
     x, _ = clusters(30, 4, 8)
@@ -180,6 +221,10 @@ def test_bad_options_are_refused() -> None:
         PTSNEGate(4, 2, 1, knn_pca=0)
     with pytest.raises(ValueError, match="random"):
         PTSNEGate(4, 2, 1, centres="shuffled")
+    with pytest.raises(ValueError, match="exaggeration"):
+        PTSNEGate(4, 2, 1, exaggeration=0.0)
+    with pytest.raises(ValueError, match="pretrain_lr_schedule"):
+        PTSNEGate(4, 2, 1, pretrain_lr_schedule="linear")
 
 
 def test_ptsne_random_config_reuses_ptsne() -> None:
@@ -189,6 +234,21 @@ def test_ptsne_random_config_reuses_ptsne() -> None:
     assert rand.gating.centres == "random" and base.gating.centres == "kmeans"
     assert {k: v for k, v in rand.gating.items() if k != "centres"} == {
         k: v for k, v in base.gating.items() if k != "centres"
+    }
+
+
+def test_ptsne_knn_configs_compose() -> None:
+    """gating=ptsne_knn is the knn_graph map on top of ptsne; ptsne_knn_random differs only in centres."""
+    out = ["model=ptsne_moe", "hydra.runtime.output_dir=/tmp"]
+    with initialize_config_module("ssmoe_cli.conf", version_base="1.3"):
+        base = compose("train", overrides=out)
+        knn = compose("train", overrides=[*out, "gating=ptsne_knn"])
+        rand = compose("train", overrides=[*out, "gating=ptsne_knn_random"])
+    assert knn.gating.objective == "knn_graph" and base.gating.objective == "batch"
+    assert knn.gating._target_ == base.gating._target_ and knn.gating.num_experts == base.gating.num_experts
+    assert rand.gating.centres == "random" and knn.gating.centres == "kmeans"
+    assert {k: v for k, v in rand.gating.items() if k != "centres"} == {
+        k: v for k, v in knn.gating.items() if k != "centres"
     }
 
 

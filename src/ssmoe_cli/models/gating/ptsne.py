@@ -13,6 +13,8 @@ Schedules:
 - "joint": after the optional pretraining, every training-mode forward also returns
   aux["tsne_kl"] = tsne_weight * KL on the next fixed t-SNE batch, so the map keeps its
   neighbourhoods while classification trains it.
+Pretraining runs early_exaggeration for exaggeration_epochs, then ``exaggeration`` (also the joint
+loss's), as openTSNE's two phases; pretrain_lr_schedule "cosine" decays Adam's lr to 0.
 
 Objectives:
 - "batch": P among the points of fixed batches (tsne.FixedBatches), loss KL(P || Q) per batch;
@@ -100,6 +102,12 @@ def auto_temperature(centres: Tensor, y: Tensor, margin: float = 4.0) -> float:
     return max(t, 1e-12)
 
 
+def cosine_lr(lr: float, step: int, total_steps: int) -> float:
+    """The lr of step ``step`` (0-based) of ``total_steps``: half a cosine from lr down to 0 (the
+    last step's lr is small but not 0, so no step is wasted)."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
+
+
 class PTSNEGate(Gate):
     """Routes each sample to the experts whose centres are nearest to it in a parametric t-SNE map."""
 
@@ -122,6 +130,8 @@ class PTSNEGate(Gate):
         dof: float = 1.0,
         early_exaggeration: float = 1.0,
         exaggeration_epochs: int = 0,
+        exaggeration: float = 1.0,
+        pretrain_lr_schedule: str = "constant",
         tsne_weight: float = 0.1,
         tsne_samples: int | None = None,
         objective: str = "batch",
@@ -134,6 +144,12 @@ class PTSNEGate(Gate):
             raise ValueError(f"objective={objective!r}: choose batch or knn_graph")
         if knn_pca is not None and knn_pca < 1:
             raise ValueError(f"knn_pca={knn_pca}: a positive number of PCA dimensions, or null for none")
+        if exaggeration <= 0 or early_exaggeration <= 0:
+            raise ValueError(
+                f"early_exaggeration={early_exaggeration}, exaggeration={exaggeration}: both must be > 0 (1 = none)"
+            )
+        if pretrain_lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"pretrain_lr_schedule={pretrain_lr_schedule!r}: choose constant or cosine")
         if schedule not in ("pretrain", "joint"):
             raise ValueError(f"schedule={schedule!r}: choose pretrain or joint")
         if not 1 <= k <= num_experts:
@@ -151,6 +167,7 @@ class PTSNEGate(Gate):
         # BH-SNE's choice: P of each point over its 3 * perplexity nearest neighbours only.
         self.neighbors = round(3 * perplexity) if neighbors == "auto" else neighbors
         self.early_exaggeration, self.exaggeration_epochs = early_exaggeration, exaggeration_epochs
+        self.exaggeration, self.pretrain_lr_schedule = exaggeration, pretrain_lr_schedule
         self.tsne_weight, self.tsne_samples = tsne_weight, tsne_samples
         self.objective, self.knn_pca = objective, knn_pca
 
@@ -206,16 +223,19 @@ class PTSNEGate(Gate):
     def pretrain(self, epochs: int) -> list[float]:
         """Adam on the t-SNE objective; returns the mean loss of each epoch. An epoch is one pass
         over the fixed batches ("batch"), or as many steps of tsne_batch_size sampled edges
-        ("knn_graph"): each point then takes part in about two edges per epoch."""
+        ("knn_graph"): each point then takes part in about two edges per epoch. The first
+        exaggeration_epochs use early_exaggeration, the rest ``exaggeration`` (openTSNE's two
+        phases); a "cosine" schedule takes the lr from pretrain_lr to 0 over all the steps."""
         if (self._batches is None and self._graph is None) or self._x_tsne is None or self._generator is None:
             raise RuntimeError("pretrain() needs the fixed batches or the kNN graph of prepare()")
         opt = torch.optim.Adam(self.net.parameters(), lr=self.pretrain_lr)
         was_training = self.training
         self.train()
         history = []
-        steps = math.ceil(len(self._x_tsne) / self.tsne_batch_size)
+        steps = len(self._batches) if self._batches is not None else math.ceil(len(self._x_tsne) / self.tsne_batch_size)
+        step, total_steps = 0, max(epochs * steps, 1)
         for epoch in range(epochs):
-            alpha = self.early_exaggeration if epoch < self.exaggeration_epochs else 1.0
+            alpha = self.early_exaggeration if epoch < self.exaggeration_epochs else self.exaggeration
             losses = (
                 (
                     kl_divergence(p, self.net(self._x_tsne[idx]), self.dof, alpha, p_log_p)
@@ -226,10 +246,12 @@ class PTSNEGate(Gate):
             )
             total, count = 0.0, 0
             for loss in losses:
+                if self.pretrain_lr_schedule == "cosine":
+                    opt.param_groups[0]["lr"] = cosine_lr(self.pretrain_lr, step, total_steps)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total, count = total + loss.item(), count + 1
+                total, count, step = total + loss.item(), count + 1, step + 1
             history.append(total / max(count, 1))
         self.train(was_training)
         return history
@@ -279,7 +301,7 @@ class PTSNEGate(Gate):
             if self._batches is not None:
                 aux["tsne_kl"] = self.tsne_weight * self._joint_kl()
             elif self._graph is not None:
-                aux["tsne_kl"] = self.tsne_weight * self._graph_loss()
+                aux["tsne_kl"] = self.tsne_weight * self._graph_loss(self.exaggeration)
         return GateOutput(weights, indices, values, aux, y)
 
     def _joint_kl(self) -> Tensor:
@@ -291,7 +313,7 @@ class PTSNEGate(Gate):
         # The model may have moved to another device since prepare(); P and the data did not.
         device = self.centres.device
         y = self.net(self._x_tsne[idx].to(device))
-        return kl_divergence(p.to(device), y, self.dof, p_log_p=p_log_p)
+        return kl_divergence(p.to(device), y, self.dof, self.exaggeration, p_log_p)
 
     # -- accounting ---------------------------------------------------------------------------
     def active_params(self) -> int:
