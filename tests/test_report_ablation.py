@@ -129,6 +129,33 @@ def test_no_ablation_without_ptsne_or_without_a_gating_sweep():
     assert amend(md, "markdown", []) == md
 
 
+def test_the_better_map_gate_is_the_reference_where_present_and_ptsne_its_control():
+    # experiment=ablation_routing_map: ptsne_knn (the better map) is the reference, ptsne (the batch map)
+    # and ptsne_knn_random are controls of it; the runs' ptsne values above now belong to ptsne_knn.
+    diffs = {
+        "ptsne_knn": ([0, 0, 0], [0, 0, 0]),
+        "ptsne": ([-0.4, -0.5, -0.6], [-0.2, -0.3, -0.1]),  # the better map is better on validation
+        "ptsne_knn_random": ([0.1, -0.3, 0.2], [0.0, 0.0, 0.0]),
+        "noisy_topk": ([1.0, 1.1, 1.2], [0.9, 1.0, 1.1]),
+    }
+    report = build_report([r for r in runs(diffs) if r.tags["gating"] != "lsh"])
+    (ab,) = ablations(report.groups, report.keys, report.names)
+    by_gate = {r.gate: r for r in ab.rows}
+    assert ab.reference == "ptsne_knn" and ab.rows[0].short == "reference"
+    assert by_gate["ptsne"].claim == "the better map (whole-set kNN objective, larger f) matters"
+    assert by_gate["ptsne"].status == "supported"
+    assert by_gate["ptsne"].verdict.startswith("ptsne vs ptsne_knn: -0.50 [-0.75, -0.25] points (validation")
+    assert by_gate["ptsne_knn_random"].short == "the k-means placement of the centres is not shown to matter"
+    assert by_gate["noisy_topk"].short == "noisy_topk is better: noisy top-k (Shazeer 2017) beats ptsne_knn"
+    assert (
+        ab.sentence.startswith("The paper's gate owes its effect to the better map (whole-set kNN objective, larger f)")
+        and "of the other routers ptsne_knn beats none and loses to noisy_topk" in ab.sentence
+    )
+    text = markdown([ab])
+    assert "## Routing ablation: each gate vs ptsne_knn" in text and "| Δ val vs ptsne_knn |" in text
+    assert "Δ: gate − ptsne_knn in points" in text
+
+
 def test_each_data_set_gets_its_own_ablation_and_formats_carry_it(tmp_path):
     report = build_report([*runs(data="fashion_mnist"), *runs(data="mnist")])
     found = ablations(report.groups, report.keys, report.names)

@@ -9,10 +9,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ssmoe_cli.report.ablation import CAPTION, DIAGNOSTICS, HEADER, Ablation, ablations, rows
+from ssmoe_cli.report.ablation import DIAGNOSTICS, Ablation, ablations, caption, header, rows
 from ssmoe_cli.report.intervals import Paired, Summary
 
-_ACCURACY = 6  # HEADER's first columns: gate, seeds, val, test, Δ val, Δ test
+_ACCURACY = 6  # header()'s first columns: gate, seeds, val, test, Δ val, Δ test
 _DIAG = slice(_ACCURACY, _ACCURACY + len(DIAGNOSTICS))
 ANCHORS = {  # where a section goes in a rendered report: before the first of these, else at the end
     "markdown": ("## Runs not FINISHED", "## Notes", "## Plots"),
@@ -26,14 +26,14 @@ def of(report: Any) -> list[Ablation]:
 
 
 def title(a: Ablation) -> str:
-    return "Routing ablation: each gate vs ptsne" + (f" ({a.context})" if a.context else "")
+    return f"Routing ablation: each gate vs {a.reference}" + (f" ({a.context})" if a.context else "")
 
 
 def tables(a: Ablation) -> list[tuple[list[str], list[list[str]]]]:
     """(header, rows) of the accuracy table (with each gate's verdict) and of the diagnostics table."""
-    full = rows(a)
-    accuracy = ([*HEADER[:_ACCURACY], HEADER[-1]], [[*r[:_ACCURACY], r[-1]] for r in full])
-    diagnostics = ([HEADER[0], *HEADER[_DIAG]], [[r[0], *r[_DIAG]] for r in full])
+    full, head = rows(a), header(a.reference)
+    accuracy = ([*head[:_ACCURACY], head[-1]], [[*r[:_ACCURACY], r[-1]] for r in full])
+    diagnostics = ([head[0], *head[_DIAG]], [[r[0], *r[_DIAG]] for r in full])
     return [accuracy, diagnostics]
 
 
@@ -59,7 +59,7 @@ def markdown(found: Sequence[Ablation]) -> str:
         parts += [f"## {title(a)}", "", f"> {a.sentence}", ""]
         for head, body in tables(a):
             parts += [*_md_table(head, body), ""]
-        parts += [CAPTION + ".", ""]
+        parts += [caption(a.reference) + ".", ""]
         parts += [f"- **{status}** ({claim}) — {verdict}" for status, claim, verdict in _verdicts(a)]
         parts.append("")
     return "\n".join(parts)
@@ -73,7 +73,7 @@ def _html(found: Sequence[Ablation]) -> str:
         for i, (head, body) in enumerate(tables(a)):
             th = "".join(f"<th>{e(h)}</th>" for h in head)
             tb = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>\n" for row in body)
-            cap = f"<caption>{e(CAPTION)}</caption>" if i == 0 else ""
+            cap = f"<caption>{e(caption(a.reference))}</caption>" if i == 0 else ""
             parts.append(f"<table>{cap}\n<thead><tr>{th}</tr></thead>\n<tbody>\n{tb}</tbody>\n</table>")
         parts.append("<ul>")
         parts += [f'<li class="{s.replace(" ", "-")}"><b>{e(s)}</b> ({e(c)}) — {e(v)}</li>' for s, c, v in _verdicts(a)]
@@ -152,8 +152,8 @@ def print_rich(found: Sequence[Ablation], console: Any) -> None:
     for a in found:
         for i, (head, body) in enumerate(tables(a)):
             # Text, not markup strings: "[-0.75, -0.25]" and the caption's brackets are data.
-            caption = Text(CAPTION) if i else None
-            table = Table(title=Text(title(a) + ("" if i == 0 else ": routing diagnostics")), caption=caption)
+            under = Text(caption(a.reference)) if i else None
+            table = Table(title=Text(title(a) + ("" if i == 0 else ": routing diagnostics")), caption=under)
             for j, h in enumerate(head):
                 table.add_column(Text(h), overflow="fold", justify="left" if j == 0 or h == "verdict" else "right")
             for row in body:
