@@ -283,3 +283,32 @@ def test_ptsne_moe_trains_with_each_control_and_its_file_predicts_the_same(tmp_p
         with torch.no_grad():
             acc = float((model(x).logits.argmax(1) == y).float().mean())
         assert acc == pytest.approx(float(run["metrics.test/acc"]), abs=1e-6), name
+
+
+def test_ablation_routing_map_gives_every_gate_the_same_expert_budget_and_never_prunes_a_gate() -> None:
+    """experiment=ablation_routing_map matches the EXPERTS' nonzero weights across its gates (the better
+    map's f is larger than the experts' budget): a target sparsity over the expert roles only."""
+    from hydra import compose, initialize_config_module
+
+    from ssmoe_cli.models.accounting import nonzero_params
+    from ssmoe_cli.prune.masks import prune_to, target_layers
+
+    with initialize_config_module("ssmoe_cli.conf", version_base="1.3"):
+        sweep = compose("train", overrides=["experiment=ablation_routing_map"], return_hydra_config=True)
+        gates = str(sweep.hydra.sweeper.params.gating).split(",")
+        assert {"ptsne_knn", "ptsne_knn_random", "ptsne", "noisy_topk"} <= set(gates) and len(gates) == 9
+        kept = set()
+        for gate in gates:
+            cfg = compose("train", overrides=["experiment=ablation_routing_map", f"gating={gate}"])
+            assert list(cfg.prune.targets) == ["hidden", "output", "route"] and cfg.prune.target_nonzero is None
+            torch.manual_seed(0)
+            model = instantiate(cfg.model)
+            layers = target_layers(model, cfg.prune.targets)
+            gate_before = nonzero_params(model.gate)
+            prune_to(
+                model, {n: m.weight.detach().abs() for n, m in layers.items()}, cfg.prune.target_sparsity, "global"
+            )
+            assert nonzero_params(model.gate) == gate_before  # the gate is untouched
+            kept.add(sum(int(m.masked_weight().count_nonzero()) for m in layers.values()))
+    assert len(kept) == 1  # 8 experts x (784*64 + 64*10) weights, 93.5% pruned, whatever the gate
+    assert kept == {round(8 * (784 * 64 + 64 * 10) * (1 - 0.935))}
