@@ -234,3 +234,22 @@ def mlflow_server(tmp_path: Path, store_template: Path):
     server = MlflowServer(tmp_path, store_template).start()
     yield server
     server.stop()
+
+
+def composed(*overrides: str, hydra: bool = False) -> dict:
+    """The config `ssmoe train OVERRIDES` composes (as `--cfg job --resolve`; with hydra=True its
+    `hydra` node too, as `--cfg hydra`), composed in-process: the CLI's own start-up is tested elsewhere."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("ssmoe_cli.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "hydra.runtime.output_dir=/tmp"], return_hydra_config=True)
+    if hydra:
+        return OmegaConf.to_container(cfg.hydra)
+    HydraConfig.instance().set_config(cfg)  # what a job sees: ${hydra:...} resolves
+    try:
+        keys = ("prune", "data", "trainer", "arch", "baseline")
+        return {key: OmegaConf.to_container(cfg[key], resolve=True) for key in keys}
+    finally:
+        HydraConfig.instance().cfg = None  # no later test of this process sees a Hydra job

@@ -7,7 +7,7 @@ import itertools
 import json
 
 import pytest
-from conftest import run_parallel, search_runs
+from conftest import composed, run_parallel, search_runs
 
 MODELS = ("fcl", "sgmoe", "ptsne_moe")
 METHODS = ("magnitude",)  # the suite's time: random pruning is tested in test_prune_budget.py
@@ -56,11 +56,8 @@ def test_frontier_quick_reaches_every_budget_exactly_and_reports(run_cli, tmp_pa
 
 
 @pytest.mark.parametrize("method", ["magnitude", "obd", "random", "obs", "stochasticnet", "set", "rigl"])
-def test_frontier_composes_every_method_with_its_schedule(run_cli, method):
-    import yaml
-
-    args = ("train", "experiment=frontier", f"frontier_method={method}", "--cfg", "job", "--resolve")
-    job = yaml.safe_load(run_cli(*args).stdout)
+def test_frontier_composes_every_method_with_its_schedule(method):
+    job = composed("experiment=frontier", f"frontier_method={method}")
     prune = job["prune"]
     assert prune["_target_"].split(".")[-2] == method and prune["targets"] == ["hidden", "output", "route", "gate"]
     assert job["data"]["_target_"].endswith("FashionMNIST") and job["trainer"]["max_epochs"] == 6
@@ -76,12 +73,8 @@ def test_frontier_composes_every_method_with_its_schedule(run_cli, method):
     ("experiment", "data", "epochs", "rounds_at"),
     [("frontier_mnist1d", "MNIST1D", 30, (8, 4, 14)), ("frontier_letter", "LetterRecognition", 12, (3, 2, 5))],
 )
-def test_pair_frontiers_scale_the_schedule_to_their_epochs(run_cli, experiment, data, epochs, rounds_at):
-    import yaml
-
-    job = yaml.safe_load(
-        run_cli("train", f"experiment={experiment}", "frontier_method=obd", "--cfg", "job", "--resolve").stdout
-    )
+def test_pair_frontiers_scale_the_schedule_to_their_epochs(experiment, data, epochs, rounds_at):
+    job = composed(f"experiment={experiment}", "frontier_method=obd")
     prune = job["prune"]
     assert job["data"]["_target_"].endswith(data) and job["trainer"]["max_epochs"] == epochs
     assert (prune["start"], prune["every"], prune["min_retrain"]) == rounds_at
@@ -89,11 +82,13 @@ def test_pair_frontiers_scale_the_schedule_to_their_epochs(run_cli, experiment, 
     assert job["arch"]["fcl_hidden"] == [100, 100] and job["baseline"]["hidden"] == [100, 100]  # arch=small
 
 
-def test_frontier_sweeps_the_documented_grid(run_cli):
-    out = run_cli("train", "experiment=frontier", "--cfg", "hydra").stdout
-    assert (
-        "model: fcl,sgmoe,ptsne_moe" in out
-        and "frontier_method: magnitude,obd,stochasticnet,random,set,rigl,obs" in out
-    )
-    assert "prune.target_nonzero: 266610,133305,66653,33326,16663,8332" in out and "seed: 0,1,2" in out
-    assert "hydra_plugins.hydra_joblib_launcher" in out and "n_jobs: 2" in out
+def test_frontier_sweeps_the_documented_grid():
+    hydra = composed("experiment=frontier", hydra=True)
+    assert hydra["sweeper"]["params"] == {
+        "model": "fcl,sgmoe,ptsne_moe",
+        "frontier_method": "magnitude,obd,stochasticnet,random,set,rigl,obs",
+        "prune.target_nonzero": "266610,133305,66653,33326,16663,8332",
+        "seed": "0,1,2",
+    }
+    launcher = hydra["launcher"]
+    assert launcher["_target_"].startswith("hydra_plugins.hydra_joblib_launcher") and launcher["n_jobs"] == 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST, search_runs
+from conftest import FAST, composed, search_runs
 
 SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 
@@ -11,10 +11,12 @@ SYNTH = ["model=fcl", "data=synthetic", "model.hidden=[16]"]
 @pytest.mark.parametrize(
     "experiment", ["paper", "quick", "ablation_topology", "ablation_gating", "ablation_perplexity"]
 )
-def test_experiment_configs_compose(run_cli, experiment):
-    out = run_cli("train", f"experiment={experiment}", "--cfg", "hydra").stdout
-    assert "params:" in out and "seed: 0,1,2" in out
-    assert "hydra_plugins.hydra_joblib_launcher" in out and "n_jobs: 2" in out
+def test_experiment_configs_compose(experiment):
+    hydra = composed(f"experiment={experiment}", hydra=True)
+    assert hydra["sweeper"]["params"]["seed"] == "0,1,2"
+    assert hydra["launcher"]["_target_"].startswith("hydra_plugins.hydra_joblib_launcher")
+    assert hydra["launcher"]["n_jobs"] == 2
+    composed(f"experiment={experiment}")  # the job's config resolves too
 
 
 def test_slurm_and_optuna_configs_compose(run_cli):
