@@ -27,7 +27,7 @@ FM_FILES = (
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> dict:
-    """Five faulty commands, each in a folder of its own with an existing store, run at once (they share
+    """Six faulty commands, each in a folder of its own with an existing store, run at once (they share
     nothing): name -> (folder, completed process)."""
     import argparse
 
@@ -43,7 +43,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> di
     foreign = root / "unsafe" / "foreign.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=1.0)}, foreign)  # pickles a class
     quiet = ["trainer.enable_progress_bar=false", *FAST[1:]]
-    commands = {  # one thread each: five processes share the cores
+    commands = {  # one thread each: six processes share the cores
         "nan": ["train", *SYNTH, "threads=1", "optim.lr=1e30", "trainer.max_epochs=3", *quiet],
         "corrupt": [
             "train",
@@ -57,6 +57,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> di
         "sweep": ["train", "-m", *SYNTH, "threads=1", "optim.lr=1e-3,1e30", "trainer.max_epochs=2", *quiet],
         "unsafe": ["train", *SYNTH, "threads=1", f"ckpt_path={foreign}", *FAST],
         "no_ckpt": ["train", *SYNTH, "threads=1", "ckpt_path=last", *FAST],
+        "optimizer": ["train", *SYNTH, "threads=1", "optim._target_=torch.optim.RMSprop", *FAST],  # no `fused`
     }
     return run_in_folders(root, commands, store_template)
 
@@ -219,3 +220,14 @@ def test_sync_without_a_journal_is_one_line(run_cli, tmp_path):
     assert proc.returncode == 2 and errors(proc.stderr) == [
         f"ssmoe: error: {tmp_path}: no mlflow_offline.jsonl (nothing was kept offline); nothing to sync"
     ]
+
+
+def test_an_optimizer_that_refuses_a_key_is_one_line_before_any_run(faults):
+    folder, proc = faults["optimizer"]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert errors(proc.stderr) == [
+        "ssmoe: error: optim._target_=torch.optim.RMSprop cannot be built from the optim keys: "
+        "RMSprop.__init__() got an unexpected keyword argument 'fused' (remove a key it does not take with "
+        "~optim.<key>, e.g. ~optim.fused)"
+    ]
+    assert search_runs(folder).empty  # refused before the MLflow run was started

@@ -137,6 +137,7 @@ def train(cfg: DictConfig, context: JobContext) -> dict[str, float]:
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
         baseline = instantiate(cfg.baseline)
+    check_optimizer(cfg)
     try:
         # deferred: a SIGTERM while the run is being created (several store writes) waits until it is
         # whole, then ends it KILLED below; raised half way, it would leave the run RUNNING for ever.
@@ -180,6 +181,22 @@ def warn_offline(tracker: Tracker) -> None:
     note = tracker.offline_note()
     if note:
         print(f"ssmoe: warning: {note}", file=sys.stderr)
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build the configured optimizer once on a stand-in parameter: a key its class does not take
+    (`fused` for RMSprop, a misspelt one) or a value it refuses is one line before the MLflow run
+    starts, not a traceback from inside Lightning's configure_optimizers."""
+    import torch
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as exc:  # TypeError (a key it does not take), ValueError (a value it refuses)
+        raise SsmoeError(
+            f"optim._target_={cfg.optim.get('_target_')} cannot be built from the optim keys: {exc} "
+            "(remove a key it does not take with ~optim.<key>, e.g. ~optim.fused)"
+        ) from None
 
 
 def fit_and_test(
