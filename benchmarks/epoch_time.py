@@ -5,7 +5,8 @@
 
 One epoch = the training step loop of `ssmoe train` without its trainer: Fashion-MNIST's 55,000
 training images (as the data module standardises them) in shuffled batches of 128 indexed out of
-one tensor, forward, cross-entropy plus the model's auxiliary losses, backward, Adam step. The
+one tensor, forward, cross-entropy plus the model's auxiliary losses, backward, the optimizer step of
+the config (Adam, fused; `--override optim.fused=false` times the single-tensor Adam). The
 models are built from their configs (model=fcl / sgmoe / ptsne_moe / moe) and prepared as a run
 prepares them (the t-SNE gate pretrains its map, untimed), so routing has the statistics of a real
 run's first epoch. Lightning's own per-step overhead is measured by benchmarks/lightning_overhead.py.
@@ -28,10 +29,11 @@ from omegaconf import OmegaConf
 from ssmoe_cli.models.registry import build as build_model
 
 
-def configs(model: str, arch: str, extra: list[str]) -> tuple[dict, object]:
+def configs(model: str, arch: str, extra: list[str]) -> tuple[dict, object, object]:
+    """The model's config (a plain dict), the data's and the optimizer's, as `ssmoe train` composes them."""
     with initialize_config_module("ssmoe_cli.conf", version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", f"arch={arch}", "hydra.runtime.output_dir=/tmp", *extra])
-    return OmegaConf.to_container(cfg.model, resolve=True), cfg.data
+    return OmegaConf.to_container(cfg.model, resolve=True), cfg.data, cfg.optim
 
 
 def epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
@@ -56,19 +58,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per model (after one untimed)")
     parser.add_argument("--override", nargs="*", default=[], help="config overrides, e.g. model.dispatch=capacity")
     args = parser.parse_args()
-    _, data_cfg = configs("fcl", args.arch, args.override)
+    _, data_cfg, _ = configs("fcl", args.arch, args.override)
     data = instantiate(data_cfg)
     data.setup()
     x, y = data.train_set.tensors
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; arch={args.arch}, {len(x)} images")
     rows = []
     for name in args.models:
-        config, _ = configs(name, args.arch, args.override)
+        config, _, optim_cfg = configs(name, args.arch, args.override)
         torch.manual_seed(0)
         model = build_model(config)
         model.prepare(x, torch.Generator().manual_seed(0))
         model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = instantiate(optim_cfg)(model.parameters())  # the run's optimizer (optim.*: Adam, fused)
         epoch(model, opt, x, y, data_cfg.batch_size)  # untimed: allocator and caches warm up
         times = [epoch(model, opt, x, y, data_cfg.batch_size) for _ in range(args.epochs)]
         rows.append((name, statistics.median(times), min(times)))
