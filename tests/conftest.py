@@ -18,12 +18,17 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FAST = ["trainer=debug", "timing.repeats_b1=5", "timing.repeats_b256=3"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs -n 2), start the long tests first: a worker that picks up a
     minute-long CLI test near the end would leave the other worker idle while it finishes. Long here
     means marked slow or running the CLI (run_cli, or a store for a CLI run: mlflow_db, mlflow_server).
-    Every worker sorts the same collection the same way (a stable sort), as xdist requires. A plain
-    `pytest` run keeps the files' order."""
+    The tests that share a module-scoped fixture (several CLI commands run at once, then checked one
+    test each) stay together: one xdist group, at the rank of their longest member. Split by the
+    slow-first order or between the workers, each part would run the fixture's commands again
+    (measured: the faults of test_robustness.py four times, 45 s each). Every worker sorts the same
+    collection the same way (a stable sort), as xdist requires. A plain `pytest` run keeps the files'
+    order."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     cli = {"run_cli", "mlflow_db", "mlflow_server"}
@@ -33,7 +38,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return 0
         return 1 if cli & set(getattr(item, "fixturenames", ())) else 2
 
-    items.sort(key=rank)
+    def shared_fixture(item: pytest.Item) -> str | None:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.items() if info is not None else ()
+        names = sorted(name for name, fixturedefs in defs if fixturedefs and fixturedefs[-1].scope == "module")
+        return f"{item.nodeid.split('::')[0]}::{names[0]}" if names else None
+
+    group: dict[int, str] = {}
+    for item in items:
+        name = shared_fixture(item)
+        if name is not None and item.get_closest_marker("xdist_group") is None:
+            group[id(item)] = name
+            item.add_marker(pytest.mark.xdist_group(name))
+    group_rank: dict[str, int] = {}
+    for item in items:
+        if id(item) in group:
+            group_rank[group[id(item)]] = min(group_rank.get(group[id(item)], 2), rank(item))
+    items.sort(key=lambda item: group_rank[group[id(item)]] if id(item) in group else rank(item))
 
 
 @pytest.fixture
