@@ -6,7 +6,7 @@
 One epoch = the training step loop of `ssmoe train` without its trainer: Fashion-MNIST's 55,000
 training images (as the data module standardises them) in shuffled batches of 128 indexed out of
 one tensor, forward, cross-entropy plus the model's auxiliary losses, backward, the optimizer step of
-the config (Adam, fused; `--override optim.fused=false` times the single-tensor Adam). The
+the config (`ssmoe train`'s optim.*: Adam). The
 models are built from their configs (model=fcl / sgmoe / ptsne_moe / moe) and prepared as a run
 prepares them (the t-SNE gate pretrains its map, untimed), so routing has the statistics of a real
 run's first epoch. Lightning's own per-step overhead is measured by benchmarks/lightning_overhead.py.
@@ -70,7 +70,7 @@ def main() -> None:
         model = build_model(config)
         model.prepare(x, torch.Generator().manual_seed(0))
         model.train()
-        opt = instantiate(optim_cfg)(model.parameters())  # the run's optimizer (optim.*: Adam, fused)
+        opt = instantiate(optim_cfg)(model.parameters())  # the run's optimizer (optim.*)
         epoch(model, opt, x, y, data_cfg.batch_size)  # untimed: allocator and caches warm up
         times = [epoch(model, opt, x, y, data_cfg.batch_size) for _ in range(args.epochs)]
         rows.append((name, statistics.median(times), min(times)))
