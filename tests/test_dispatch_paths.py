@@ -144,3 +144,25 @@ def test_exported_csr_expert_layers_keep_every_path_exact(full, one):
             torch.testing.assert_close(model(x).logits, reference, atol=1e-5, rtol=1e-5, msg=path)
     want = f"full={'csr' if full else 'dense'} one={'csr' if one else 'dense'}"
     assert kernels(model) == {"layers.0": want, "layers.1": want, "route": want}
+
+
+@pytest.mark.parametrize("routes", [False, True])
+def test_evaluation_after_an_optimizer_step_sees_the_new_weights(routes):
+    """Inference caches the masked weights (and layer 0 fused with the routes) by the weights' version
+    counters: a step of the optimizer ssmoe builds must invalidate them. (Fused optimizer kernels
+    update in place without bumping the counters, which is why validation refuses optim.fused.)"""
+    model = mixture(8, 2, routes, masked=True)
+    x, y = torch.randn(40, 12), torch.randint(0, 5, (40,))
+    model.eval()
+    with torch.no_grad():
+        before = model(x).logits  # fills the caches
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model.train()
+    torch.nn.functional.cross_entropy(model(x).logits, y).backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        cached = model(x).logits
+    fresh = model(x).logits.detach()  # with autograd on, nothing cached is used: computed from the weights
+    assert not torch.allclose(before, fresh)  # the step changed the function
+    torch.testing.assert_close(cached, fresh)
