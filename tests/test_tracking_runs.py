@@ -94,10 +94,12 @@ def test_killed_resumed_killed_again_resumes_from_the_newest_checkpoint(run_cli,
     history = mlflow.MlflowClient().get_metric_history(runs.iloc[0].run_id, "val/acc")
     steps = [m.step for m in history]
     assert len(steps) == len(set(steps)) == epochs, sorted(steps)
-    final = [line for line in third.stdout.splitlines() if "test accuracy" in line]
-    assert final and final == [
-        line for line in (reference / "stdout").read_text().splitlines() if "test accuracy" in line
-    ]
+
+    def accuracy_lines(stdout: str) -> list[str]:
+        return [line for line in stdout.splitlines() if "test accuracy" in line]
+
+    final = accuracy_lines(third.stdout)
+    assert final and final == accuracy_lines((reference / "stdout").read_text())
 
 
 @pytest.mark.slow
