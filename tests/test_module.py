@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -156,3 +158,47 @@ def test_cli_run_logs_each_training_loss_once_per_epoch_with_the_progress_bar_on
     for name in ("train/loss", "val/acc"):
         steps = [m.step for m in client.get_metric_history(run_id, name)]
         assert len(steps) == 2 and steps[0] < steps[1], (name, steps)
+
+
+def _fit_cosine(tmp_path, max_epochs: int, ckpt_path=None, **trainer_kwargs) -> tuple[ClassifierModule, pl.Trainer]:
+    from functools import partial
+
+    pl.seed_everything(0, verbose=False)
+    dm = Synthetic(in_features=8, num_classes=3, n_train=300, n_test=100, val_size=0.1, batch_size=32)
+    module = ClassifierModule(
+        FCL(8, 3, hidden=[16]),
+        num_classes=3,
+        optimizer=lambda params: torch.optim.Adam(params, lr=0.05),
+        scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4),
+    )
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last")
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        logger=False,
+        callbacks=[checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def test_manual_step_takes_the_automatic_paths_updates_and_resumes_alike(tmp_path):
+    """ssmoe steps the optimizer itself (manual optimization) unless the trainer clips or accumulates
+    gradients; a clip that never bites (by value, at 1e9) forces Lightning's automatic path. Both give the
+    same weights and learning rate after 3 epochs of Adam under a cosine schedule, and so does a run of 2
+    epochs resumed from its checkpoint for the third."""
+    manual, trainer = _fit_cosine(tmp_path / "a", 3)
+    assert not manual.automatic_optimization
+    auto, auto_trainer = _fit_cosine(tmp_path / "b", 3, gradient_clip_val=1e9, gradient_clip_algorithm="value")
+    assert auto.automatic_optimization
+    _fit_cosine(tmp_path / "c", 2)
+    resumed, resumed_trainer = _fit_cosine(tmp_path / "d", 3, ckpt_path=tmp_path / "c" / "last.ckpt")
+    lr = 0.05 * (1 + math.cos(math.pi * 3 / 4)) / 2
+    for t in (trainer, auto_trainer, resumed_trainer):
+        assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(lr)
+        assert t.global_step == 3 * 9  # 270 samples in batches of 32
+    for other in (auto, resumed):
+        for a, b in zip(manual.model.parameters(), other.model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
