@@ -165,3 +165,24 @@ def test_synthetic_is_deterministic_and_batches_cover_the_set():
     torch.manual_seed(0)
     batches = list(dm.train_dataloader())
     assert sum(len(y) for _, y in batches) == 80 and batches[0][0].shape == (16, 8)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_index_tensor_batches_are_batch_samplers_lists(drop_last):
+    """EpochBatchSampler yields whole index tensors for a permutation (or the identity): exactly the
+    batches BatchSampler makes of RandomSampler's (SequentialSampler's) indices, epoch by epoch."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, TensorDataset
+
+    from ssmoe_cli.data.base import EpochBatchSampler
+
+    data = TensorDataset(torch.arange(300.0))
+    for epoch in (0, 3):
+        ours = EpochBatchSampler(RandomSampler(data), batch_size=64, drop_last=drop_last, seed=7)
+        ours.set_epoch(epoch)
+        reference = RandomSampler(data, generator=torch.Generator().manual_seed(7 * 1_000_003 + epoch))
+        expected = list(BatchSampler(reference, batch_size=64, drop_last=drop_last))
+        got = list(ours)
+        assert all(isinstance(b, torch.Tensor) for b in got)
+        assert [b.tolist() for b in got] == expected and len(expected) == (4 if drop_last else 5)
+    sequential = EpochBatchSampler(SequentialSampler(data), batch_size=64, drop_last=drop_last)
+    assert [b.tolist() for b in sequential] == list(BatchSampler(SequentialSampler(data), 64, drop_last))
