@@ -161,3 +161,27 @@ def test_training_step_reaches_gate_experts_and_routes():
     (F.cross_entropy(out.logits, y) + sum(out.aux.values())).backward()
     assert model.gate.w_gate.weight.grad.abs().sum() > 0
     assert model.layers[0].weight.grad.abs().sum() > 0 and model.route.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_batched_linear_trains_in_the_weights_own_layout(bias):
+    """batched_linear computes x @ w^T + b per expert block, with autograd as (w @ x^T)^T (w's gradient
+    then needs no transposed copy: a speed matter, measured by benchmarks/epoch_time.py), without it
+    as x @ w^T: both the same values, and the gradients those of einsum's formula."""
+    from ssmoe_cli.models.layers import batched_linear
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7)
+    w = torch.randn(3, 4, 7, requires_grad=True)
+    b = torch.randn(3, 4, requires_grad=True) if bias else None
+    expected = torch.einsum("eni,eoi->eno", x, w) + (b.unsqueeze(1) if bias else 0)
+    out = batched_linear(x, w, b)
+    torch.testing.assert_close(out, expected)
+    with torch.no_grad():
+        torch.testing.assert_close(batched_linear(x, w, b), expected.detach())
+    seed = torch.randn_like(out)
+    (out * seed).sum().backward()
+    assert w.grad.is_contiguous()
+    torch.testing.assert_close(w.grad, torch.einsum("eno,eni->eoi", seed, x))
+    if bias:
+        torch.testing.assert_close(b.grad, seed.sum(1))

@@ -28,7 +28,7 @@ from ssmoe_cli.models.accounting import Accounting, nonzero_params, total_params
 from ssmoe_cli.models.base import Model, ModelOutput, Routing
 from ssmoe_cli.models.dispatch import DISPATCH_MODES, Dispatch
 from ssmoe_cli.models.gating.base import Gate
-from ssmoe_cli.models.layers import ExpertLinear, drop_probability, set_dropconnect, set_role
+from ssmoe_cli.models.layers import ExpertLinear, batched_linear, drop_probability, set_dropconnect, set_role
 from ssmoe_cli.models.topology import Topology
 from ssmoe_cli.models.topology.isolated import Isolated
 
@@ -132,7 +132,7 @@ class MixtureOfExperts(Dispatch, Model):
         units = self.route_units if experts is None else self.route_units[experts]
         # Only the source rows are gathered (and masked): never a pass over every expert's weights.
         w, b = self.layers[0].gather_rows(units)  # (E, R, in), (E, R)
-        return self._dropout(F.relu(torch.baddbmm(b.unsqueeze(1), xe, w.transpose(1, 2))))
+        return self._dropout(F.relu(batched_linear(xe, w, b)))
 
     def _dropout(self, h: torch.Tensor) -> torch.Tensor:
         # A Python test, not F.dropout(p=0): at 0 the pass has no extra op at all.
@@ -175,11 +175,11 @@ class MixtureOfExperts(Dispatch, Model):
         if not cacheable or cached is None or cached[0] != key:
             rows, rows_b = first.gather_rows(self.route_units)  # (E, R, in), masked and dropped
             w = torch.cat([first._drop(first.masked_weight()), rows], 1)
-            b = torch.cat([first.bias, rows_b], 1).unsqueeze(1)
+            b = torch.cat([first.bias, rows_b], 1)
             cached = (key, w, b)
             if cacheable:
                 self.__dict__["_fused_cache"] = cached  # built once per weight version
-        out = torch.baddbmm(cached[2], xe, cached[1].transpose(1, 2))
+        out = batched_linear(xe, cached[1], cached[2])
         return out[..., :hidden], self._dropout(F.relu(out[..., hidden:]))
 
     # -- dispatch (ssmoe_cli.models.dispatch) ------------------------------------------------------
