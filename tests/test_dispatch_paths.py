@@ -127,23 +127,29 @@ def test_drop_counts_follow_the_capacity_and_the_dispatch():
 
 
 @pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("few", [False, True])
 @pytest.mark.parametrize("one", [False, True])
-def test_exported_csr_expert_layers_keep_every_path_exact(full, one):
+def test_exported_csr_expert_layers_keep_every_path_exact(full, few, one):
+    """Every kernel choice of the CSR expert layers, on every dispatch path, at batch 29 (full passes),
+    3 and 1 (few rows per expert in a dense pass; grouped and pairs): the reference's outputs. Layer 0
+    runs fused with the routes wherever its pass at that row count is dense, apart where it is CSR."""
     from ssmoe_cli.export import CSRExpertLinear, kernels
 
     model = mixture(8, 2, routes=True, masked=True).eval()
     x = torch.randn(29, 12)
-    g = model.gate(x)
     with torch.no_grad():
-        reference = model.combine_dense(x, g.weights)
+        references = {b: model.combine_dense(x[:b], model.gate(x[:b]).weights) for b in (29, 3, 1)}
         for i, layer in enumerate(model.layers):
-            model.layers[i] = CSRExpertLinear(layer, full=full, one=one)
-        model.route = CSRExpertLinear(model.route, full=full, one=one)
+            model.layers[i] = CSRExpertLinear(layer, full=full, one=one, few=few)
+        model.route = CSRExpertLinear(model.route, full=full, one=one, few=few)
         for path in ("dense", "capacity", "pairs", "grouped"):
             model.dispatch = path
-            torch.testing.assert_close(model(x).logits, reference, atol=1e-5, rtol=1e-5, msg=path)
-    want = f"full={'csr' if full else 'dense'} one={'csr' if one else 'dense'}"
+            for b, reference in references.items():
+                torch.testing.assert_close(model(x[:b]).logits, reference, atol=1e-5, rtol=1e-5, msg=f"{path} b{b}")
+    name = {True: "csr", False: "dense"}
+    want = f"full={name[full]} few={name[few]} one={name[one]}"
     assert kernels(model) == {"layers.0": want, "layers.1": want, "route": want}
+    assert model._fusable(29) is not full and model._fusable(1) is not few
 
 
 @pytest.mark.parametrize("routes", [False, True])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,24 +47,32 @@ class CSRLinear(nn.Module):
         return out + self.bias if self.bias is not None else out
 
 
+# A full pass with at most this many rows per expert is "few rows" (dense dispatch of a small batch:
+# one row per expert at batch 1), timed and chosen apart from larger ones: a CSR product then reads
+# only the nonzero weights, where at many rows the dense product's arithmetic wins.
+FEW_ROWS = 4
+
+
 class CSRExpertLinear(nn.Module):
     """Inference-only ExpertLinear with CSR weights, chosen per use by measurement:
 
-    - `full` (a pass of every expert on its row block: dense and capacity dispatch): the E expert
-      matrices as one block-diagonal CSR matrix, so all experts run in one sparse matmul;
+    - `full` (a pass of every expert on its row block: dense and capacity dispatch), and `few` (the
+      same pass with at most FEW_ROWS rows per expert): the E expert matrices as one block-diagonal
+      CSR matrix, so all experts run in one sparse matmul;
     - `one` (one expert on its rows: grouped dispatch, `run_one`): that expert's own CSR matrix.
 
     A use whose flag is off runs the dense masked weight, which is also kept for readers of single
     rows (routes) and for the pairs dispatch (a few gathered experts: dense is the right kernel)."""
 
-    def __init__(self, layer: ExpertLinear, full: bool = True, one: bool = True) -> None:
+    def __init__(self, layer: ExpertLinear, full: bool = True, one: bool = True, few: bool = True) -> None:
         super().__init__()
         w = layer.masked_weight().detach()
         self.num_experts, self.out_features, self.in_features = w.shape
         self.dense_weight = w
         self.bias = layer.bias
         self.role = layer.role
-        self.full, self.one = full, one
+        self.full, self.one, self.few = full, one, few
+        self._rows_cache: tuple[tuple[int, ...], torch.Tensor, torch.Tensor | None] | None = None
         self.expert_csr = [to_csr(w[e]) for e in range(self.num_experts)]
         blocks = [w[e].to_sparse_coo() for e in range(self.num_experts)]
         rows = torch.cat([b.indices()[0] + e * self.out_features for e, b in enumerate(blocks)])
@@ -82,14 +90,27 @@ class CSRExpertLinear(nn.Module):
     def _drop(self, weight: torch.Tensor) -> torch.Tensor:
         return weight  # inference only: no DropConnect
 
+    def inference_cache_key(self) -> tuple[int, ...]:
+        """As Masked.inference_cache_key: this layer's weights never change, so one constant key."""
+        return ()
+
+    def dense_pass(self, rows: int) -> bool:
+        """Whether a full pass over `rows` rows per expert runs the dense weight (not CSR)."""
+        return not (self.few if rows <= FEW_ROWS else self.full)
+
     def kernel(self) -> str:
-        """What runs, for the run's record: e.g. "full=csr one=dense"."""
-        return f"full={'csr' if self.full else 'dense'} one={'csr' if self.one else 'dense'}"
+        """What runs, for the run's record: e.g. "full=csr few=csr one=dense"."""
+        name = {True: "csr", False: "dense"}
+        return f"full={name[self.full]} few={name[self.few]} one={name[self.one]}"
 
     def gather_rows(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """As ExpertLinear.gather_rows (route units read single rows: the dense copy serves them)."""
-        w = self.dense_weight.reshape(-1, self.in_features)[units]
-        return w, (self.bias.reshape(-1)[units] if self.bias is not None else None)
+        """As ExpertLinear.gather_rows (route units read single rows: the dense copy serves them),
+        gathered once per `units` (the weights are fixed; the routes' units, a buffer, rarely change)."""
+        key = (units.data_ptr(), units._version if not units.is_inference() else -1, *units.shape)
+        if self._rows_cache is None or self._rows_cache[0] != key:
+            w = self.dense_weight.reshape(-1, self.in_features)[units]
+            self._rows_cache = (key, w, self.bias.reshape(-1)[units] if self.bias is not None else None)
+        return self._rows_cache[1], self._rows_cache[2]
 
     def run_one(self, x: torch.Tensor, expert: int, weight: torch.Tensor | None = None) -> torch.Tensor:
         """As ExpertLinear.run_one; `weight` is ignored (this layer's weights are fixed)."""
@@ -100,7 +121,7 @@ class CSRExpertLinear(nn.Module):
         return out + bias if bias is not None else out
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
-        if experts is not None or not self.full:
+        if experts is not None or self.dense_pass(x.shape[1]):
             w = self.dense_weight if experts is None else self.dense_weight[experts]
             b = (self.bias if experts is None else self.bias[experts]).unsqueeze(1) if self.bias is not None else 0
             return torch.bmm(x, w.transpose(1, 2)) + b
@@ -123,15 +144,26 @@ def _expert_rows(model: nn.Module, name: str, layer: ExpertLinear, batch_size: i
     return max(1, math.ceil(batch_size * k / layer.num_experts))
 
 
+def _sparse_faster(sparse: Callable, dense: Callable, x: torch.Tensor, min_speedup: float) -> bool:
+    """Whether `sparse(x)` beats `dense(x)` by `min_speedup`: the two timed in turn, 3 rounds of 7
+    calls each, the best round of each compared. Timed once each, one after the other, a hiccup of
+    a shared machine during either decided: the same layer's choice flipped between runs."""
+    best_dense = best_sparse = math.inf
+    for _ in range(3):
+        best_dense = min(best_dense, latency_ms(dense, x, repeats=7, warmup=2))
+        best_sparse = min(best_sparse, latency_ms(sparse, x, repeats=7, warmup=2))
+    return best_dense > min_speedup * best_sparse
+
+
 def _expert_kernels(layer: ExpertLinear, rows: int, min_speedup: float) -> CSRExpertLinear:
     """CSRExpertLinear with each use on CSR where measured faster than the dense layer: a full pass
-    over `rows` rows per expert, and one expert on one row."""
+    over `rows` rows per expert, one over one row per expert (few), and one expert on one row."""
     sparse = CSRExpertLinear(layer)
-    x = torch.randn(layer.num_experts, rows, layer.in_features, device=layer.weight.device)
-    sparse.full = latency_ms(layer, x, repeats=15) > min_speedup * latency_ms(sparse, x, repeats=15)
-    x1 = x[0, :1]
-    dense_one = latency_ms(lambda v: layer.run_one(v, 0), x1, repeats=15)
-    sparse.one = dense_one > min_speedup * latency_ms(lambda v: sparse.run_one(v, 0), x1, repeats=15)
+    x = torch.randn(layer.num_experts, max(rows, FEW_ROWS + 1), layer.in_features, device=layer.weight.device)
+    sparse.full = _sparse_faster(sparse, layer, x, min_speedup)
+    sparse.few = _sparse_faster(sparse, layer, x[:, :1], min_speedup)
+    one_sparse, one_dense = (lambda v: sparse.run_one(v, 0)), (lambda v: layer.run_one(v, 0))
+    sparse.one = _sparse_faster(one_sparse, one_dense, x[0, :1], min_speedup)
     return sparse
 
 
@@ -141,9 +173,10 @@ def use_sparse_kernels(
     """Replace each masked layer by its CSR version where a quick measurement shows it faster (by
     `min_speedup`); layers below `min_sparsity` are not tried, nor layers only training uses
     (`train_only`: inference never runs them, so they are neither timed nor counted). A plain layer
-    is timed at `batch_size` rows; an expert layer twice, for its two uses (CSRExpertLinear): a full
-    pass at batch_size * k / E rows per expert, and one expert on one row (grouped dispatch at small
-    batches). Returns whether each layer runs CSR anywhere; `kernels(model)` says where."""
+    is timed at `batch_size` rows; an expert layer for each of its uses (CSRExpertLinear): a full
+    pass at batch_size * k / E rows per expert, one at one row per expert (dense dispatch of a small
+    batch), and one expert on one row (grouped dispatch at small batches). Returns whether each
+    layer runs CSR anywhere; `kernels(model)` says where."""
     decisions: dict[str, bool] = {}
     for name, layer in list(model.named_modules()):
         if not isinstance(layer, MaskedLinear | ExpertLinear) or layer.train_only:
@@ -152,13 +185,12 @@ def use_sparse_kernels(
             decisions[name] = False
             continue
         device = layer.weight.device
-        # 15 timed calls after 5 untimed ones: enough to rank two kernels, quick at load time.
         if isinstance(layer, MaskedLinear):
             sparse, x = CSRLinear(layer), torch.randn(batch_size, layer.in_features, device=device)
-            faster = latency_ms(layer, x, repeats=15) > min_speedup * latency_ms(sparse, x, repeats=15)
+            faster = _sparse_faster(sparse, layer, x, min_speedup)
         else:
             sparse = _expert_kernels(layer, _expert_rows(model, name, layer, batch_size), min_speedup)
-            faster = sparse.full or sparse.one
+            faster = sparse.full or sparse.few or sparse.one
         decisions[name] = faster
         if faster:
             parent_name, _, child = name.rpartition(".")
@@ -172,7 +204,7 @@ def use_sparse_kernels(
 
 def kernels(model: nn.Module) -> dict[str, str]:
     """The kernel each masked layer of an inference model runs, by qualified name: "dense", "csr",
-    or, for an expert layer, "full=<kernel> one=<kernel>" (see CSRExpertLinear)."""
+    or, for an expert layer, "full=<kernel> few=<kernel> one=<kernel>" (see CSRExpertLinear)."""
     found: dict[str, str] = {}
     for name, layer in model.named_modules():
         if isinstance(layer, CSRExpertLinear):

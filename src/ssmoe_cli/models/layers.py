@@ -59,15 +59,28 @@ class Masked(nn.Module):
             return self.weight
         if torch.is_grad_enabled():  # a cached product must never be saved for backward
             return self.weight * self.mask
-        if self.weight.is_inference() or self.mask.is_inference():  # no version counters to key on
+        key = self.inference_cache_key()
+        if key is None:
             return self.weight * self.mask
-        key = (self.weight._version, self.mask._version, self.weight.data_ptr(), self.mask.data_ptr())
         cached = self.__dict__.get("_masked_cache")
         if cached is None or cached[0] != key:
             with torch.no_grad():
                 cached = (key, self.weight * self.mask)
             self.__dict__["_masked_cache"] = cached  # not a buffer: never saved, never moved
         return cached[1]
+
+    def inference_cache_key(self) -> tuple[int, ...] | None:
+        """What a cache of values computed from the weights (outside autograd) keys on: the weight's and
+        mask's version counters and storage; None where they have no counters (inference tensors)."""
+        if self.weight.is_inference() or self.mask.is_inference():
+            return None
+        return (self.weight._version, self.mask._version, self.weight.data_ptr(), self.mask.data_ptr())
+
+    def dense_pass(self, rows: int) -> bool:
+        """Whether a full pass over `rows` rows per expert multiplies the dense masked weight (always,
+        here; an inference layer with sparse kernels may say otherwise): what fusing it with other
+        dense products (MixtureOfExperts' layer 0 and its routes) needs."""
+        return True
 
     def mask_is_full(self) -> bool:
         """Whether every weight is kept, re-read only when the mask changes (its version counter)."""

@@ -144,7 +144,7 @@ class MixtureOfExperts(Dispatch, Model):
         h, routed = xe, None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            if i == 0 and experts is None and self._fusable():
+            if i == 0 and experts is None and self._fusable(xe.shape[1]):
                 z, routed = self._first_with_routes(xe)
             else:
                 z = layer(h, experts)
@@ -154,12 +154,13 @@ class MixtureOfExperts(Dispatch, Model):
             h = self._dropout(F.relu(z)) if i < last else z
         return h
 
-    def _fusable(self) -> bool:
+    def _fusable(self, rows: int) -> bool:
         first = self.layers[0]
         # A hook on layer 0 (prune=obs collects its inputs there; a user's probe) must see its call:
-        # the fused pass would bypass it, so a hooked layer runs on its own.
+        # the fused pass would bypass it, so a hooked layer runs on its own. An inference layer whose
+        # measured kernel for this many rows is sparse (export.kernels) runs that kernel instead.
         hooked = bool(first._forward_hooks or first._forward_pre_hooks)
-        return self.route is not None and isinstance(first, ExpertLinear) and first.bias is not None and not hooked
+        return self.route is not None and first.bias is not None and not hooked and first.dense_pass(rows)
 
     def _first_with_routes(self, xe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer 0 of every expert and its route units in one batched matmul: both read the same
@@ -169,8 +170,9 @@ class MixtureOfExperts(Dispatch, Model):
         first = self.layers[0]
         hidden = first.out_features
         # Cached only for inference (eval, no autograd): training draws DropConnect afresh per pass.
-        cacheable = not (self.training or torch.is_grad_enabled() or first.weight.is_inference())
-        key = (first.weight._version, first.mask._version, self.route_units._version) if cacheable else None
+        layer_key = None if self.training or torch.is_grad_enabled() else first.inference_cache_key()
+        cacheable = layer_key is not None
+        key = (layer_key, self.route_units._version, self.route_units.data_ptr()) if cacheable else None
         cached = self.__dict__.get("_fused_cache")
         if not cacheable or cached is None or cached[0] != key:
             rows, rows_b = first.gather_rows(self.route_units)  # (E, R, in), masked and dropped
