@@ -8,7 +8,9 @@ random per sample (a balanced gate), so the timing is the experts' and the dispa
 the last table repeats it with a real noisy top-k gate (whose own cost grows with E: 784 x E).
 Prints milliseconds (median of repeats) per dispatch path (dense, capacity, pairs, grouped), what
 `auto` picks, and the ratio 64 experts / 8 experts at fixed k with auto's pick (issue 15's target:
-at most 1.3x at k = 2, batch 256). Run it alone on the machine (flock /tmp/ssmoe-bench.lock ...).
+at most 1.3x at k = 2, batch 256), and the floor the matmul kernel itself sets under that ratio
+(layer 0 alone, the same pairs split evenly over 8 or 64 experts). Run it alone on the machine
+(flock /tmp/ssmoe-bench.lock ...).
 """
 
 from __future__ import annotations
@@ -72,6 +74,21 @@ def model(num_experts: int, k: int, dispatch: str, gate: str) -> MixtureOfExpert
     return MixtureOfExperts(784, 10, g, num_experts=num_experts, k=k, expert_hidden=[64], dispatch=dispatch)
 
 
+def kernel_floor(repeats: int, batch: int = 256, k: int = 2) -> None:
+    """Layer 0 alone (784 -> 64) as one batched matmul, every expert on an equal share of the batch's
+    pairs (no padding, no dispatch): the same multiply-adds for 8 and 64 experts, so their ratio is
+    what the matmul kernel itself costs per expert, a floor under the dispatch's 64 / 8 ratio."""
+    times = {}
+    with torch.inference_mode():
+        for e in (8, 64):
+            x, w = torch.randn(e, batch * k // e, 784), torch.randn(e, 64, 784)
+            times[e] = timed(lambda x=x, w=w: torch.bmm(x, w.transpose(1, 2)), repeats)
+    print(
+        f"\nkernel floor, layer 0 only, {batch * k} pairs split evenly: 8 experts x {batch * k // 8} rows "
+        f"{times[8]:.3f} ms, 64 x {batch * k // 64} rows {times[64]:.3f} ms: {times[64] / times[8]:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experts", type=int, nargs="+", default=[4, 8, 16, 32, 64])
@@ -123,6 +140,7 @@ def main() -> None:
                 print(f"k={k}: 64 / 8 experts with auto = {auto64 / auto8:.2f}x ({ratios})")
 
     table("inference, batch 256, uniform routing", run("uniform", x256, False), 256)
+    kernel_floor(args.repeats)
     table("inference, batch 1, uniform routing", run("uniform", x1, False), 1)
     table("inference, batch 256, noisy top-k gate (its 784 x E matmul included)", run("noisy_topk", x256, False), 256)
     if args.train:
