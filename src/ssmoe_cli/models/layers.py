@@ -154,7 +154,9 @@ class ExpertLinear(Masked):
 
     def gather_rows(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Masked weight rows and biases of output units given as flat indices e * out + j (any shape)."""
-        w = self.weight.reshape(-1, self.in_features)[units] * self.mask.reshape(-1, self.in_features)[units]
+        w = self.weight.reshape(-1, self.in_features)[units]
+        if not self.mask_is_full():  # nothing masked (yet): the product would be a copy of the rows
+            w = w * self.mask.reshape(-1, self.in_features)[units]
         return self._drop(w), (self.bias.reshape(-1)[units] if self.bias is not None else None)
 
     def extra_repr(self) -> str:
