@@ -185,3 +185,22 @@ def test_batched_linear_trains_in_the_weights_own_layout(bias):
     torch.testing.assert_close(w.grad, torch.einsum("eno,eni->eoi", seed, x))
     if bias:
         torch.testing.assert_close(b.grad, seed.sum(1))
+
+
+def test_with_rows_appends_rows_and_sends_their_gradients_home():
+    """with_rows(w, b, units): each expert's block gets the rows `units` (flat e * out + j) appended;
+    gradients and values equal those of autograd's own cat-and-index (gradcheck in float64, and a
+    unit read twice, by two experts, gets both gradients)."""
+    from ssmoe_cli.models.layers import with_rows
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    units = torch.tensor([[5, 9], [0, 11], [5, 2]])  # unit 5 (expert 1, row 1) read by experts 0 and 2
+    got_w, got_b = with_rows(w, b, units)
+    torch.testing.assert_close(got_w, torch.cat([w, w.reshape(-1, 5)[units]], 1))
+    torch.testing.assert_close(got_b, torch.cat([b, b.reshape(-1)[units]], 1))
+    assert torch.autograd.gradcheck(lambda w, b: with_rows(w, b, units), (w, b))
+    seed = torch.ones(3, 6, 5, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((with_rows(w, b, units)[0] * seed).sum(), w)
+    assert grad.reshape(-1, 5)[5].tolist() == [3.0] * 5 and grad.reshape(-1, 5)[1].tolist() == [1.0] * 5

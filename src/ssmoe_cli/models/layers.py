@@ -178,6 +178,41 @@ def batched_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = No
     return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(1), x, wt)
 
 
+class _WithRows(torch.autograd.Function):
+    """(w, b) of an expert layer with rows of the same tensors appended to each expert: rows
+    `units` (E, R), flat indices e * out + j, give (E, out + R, in) and (E, out + R). The backward
+    adds the rows' gradients into w's in place: autograd's own (cat, then indexing) builds a zero
+    tensor of w's size, scatters into it and adds it to w's gradient, 0.25 ms of ptsne_moe's 4 ms
+    training step (torch.profiler, 1 thread)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, b: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(units)
+        return torch.cat([w, w.reshape(-1, w.shape[-1])[units]], 1), torch.cat([b, b.reshape(-1)[units]], 1)
+
+    @staticmethod
+    def backward(ctx, grad_w: torch.Tensor, grad_b: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (units,) = ctx.saved_tensors
+        flat = units.reshape(-1)
+        grads: list[torch.Tensor | None] = []
+        for grad, needed in ((grad_w, ctx.needs_input_grad[0]), (grad_b, ctx.needs_input_grad[1])):
+            if not needed:
+                grads.append(None)
+                continue
+            out = grad.shape[1] - units.shape[1]
+            own = grad[:, :out].contiguous()
+            rows = grad[:, out:].reshape(len(flat), *grad.shape[2:])
+            own.view(-1, *grad.shape[2:]).index_add_(0, flat, rows)
+            grads.append(own)
+        return grads[0], grads[1], None
+
+
+def with_rows(w: torch.Tensor, b: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (E, out, in) and b (E, out) with rows `units` (E, R) of themselves appended to each expert
+    (flat indices e * out + j): (E, out + R, in), (E, out + R); differentiable (see _WithRows)."""
+    return _WithRows.apply(w, b, units)
+
+
 def masked_layers(module: nn.Module) -> list[Masked]:
     return [m for m in module.modules() if isinstance(m, Masked)]
 

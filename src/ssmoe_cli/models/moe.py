@@ -28,7 +28,14 @@ from ssmoe_cli.models.accounting import Accounting, nonzero_params, total_params
 from ssmoe_cli.models.base import Model, ModelOutput, Routing
 from ssmoe_cli.models.dispatch import DISPATCH_MODES, Dispatch
 from ssmoe_cli.models.gating.base import Gate
-from ssmoe_cli.models.layers import ExpertLinear, batched_linear, drop_probability, set_dropconnect, set_role
+from ssmoe_cli.models.layers import (
+    ExpertLinear,
+    batched_linear,
+    drop_probability,
+    set_dropconnect,
+    set_role,
+    with_rows,
+)
 from ssmoe_cli.models.topology import Topology
 from ssmoe_cli.models.topology.isolated import Isolated
 
@@ -175,9 +182,12 @@ class MixtureOfExperts(Dispatch, Model):
         key = (layer_key, self.route_units._version, self.route_units.data_ptr()) if cacheable else None
         cached = self.__dict__.get("_fused_cache")
         if not cacheable or cached is None or cached[0] != key:
-            rows, rows_b = first.gather_rows(self.route_units)  # (E, R, in), masked and dropped
-            w = torch.cat([first._drop(first.masked_weight()), rows], 1)
-            b = torch.cat([first.bias, rows_b], 1)
+            if self.training and getattr(first, "dropconnect", 0.0) > 0:  # route rows draw their own DropConnect
+                rows, rows_b = first.gather_rows(self.route_units)  # (E, R, in), masked and dropped
+                w = torch.cat([first._drop(first.masked_weight()), rows], 1)
+                b = torch.cat([first.bias, rows_b], 1)
+            else:
+                w, b = with_rows(first.masked_weight(), first.bias, self.route_units)
             cached = (key, w, b)
             if cacheable:
                 self.__dict__["_fused_cache"] = cached  # built once per weight version
