@@ -10,8 +10,8 @@ optimizer `ssmoe train` builds (optim.*: Adam). The models are built from their 
 sgmoe / ptsne_moe / moe) and prepared as a run prepares them (the t-SNE gate pretrains its map,
 untimed), so routing has the statistics of a real run's first epoch. Lightning's own per-step
 overhead is measured by benchmarks/lightning_overhead.py. Prints the median epoch time over --epochs
-timed epochs (after one untimed) and its ratio to the dense FCL's measured in the same run (issue
-15's target for ptsne_moe: at most 1.3x).
+timed epochs (after one untimed; the models take turns, an epoch each) and its ratio to the dense
+FCL's measured in the same run (issue 15's target for ptsne_moe: at most 1.3x).
 """
 
 from __future__ import annotations
@@ -63,17 +63,23 @@ def main() -> None:
     data.setup()
     x, y = data.train_set.tensors
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; arch={args.arch}, {len(x)} images")
-    rows = []
+    runs = {}
     for name in args.models:
         config, _, optim_cfg = configs(name, args.arch, args.override)
         torch.manual_seed(0)
         model = build_model(config)
         model.prepare(x, torch.Generator().manual_seed(0))
         model.train()
-        opt = instantiate(optim_cfg)(model.parameters())  # the run's optimizer (optim.*)
-        epoch(model, opt, x, y, data_cfg.batch_size)  # untimed: allocator and caches warm up
-        times = [epoch(model, opt, x, y, data_cfg.batch_size) for _ in range(args.epochs)]
-        rows.append((name, statistics.median(times), min(times)))
+        runs[name] = (model, instantiate(optim_cfg)(model.parameters()))  # the run's optimizer (optim.*)
+    # Round-robin: an epoch of each model in turn, so that a slow spell of a shared machine falls on
+    # every model alike (timed one model after another, the ratios moved by 20% between runs).
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(args.epochs + 1):
+        for name, (model, opt) in runs.items():
+            seconds = epoch(model, opt, x, y, data_cfg.batch_size)
+            if round_:  # the first round is untimed: allocator and caches warm up
+                times[name].append(seconds)
+    rows = [(name, statistics.median(t), min(t)) for name, t in times.items()]
     base = next((r for r in rows if r[0] == "fcl"), rows[0])
     print(f"{'model':10} {'epoch s':>8} {'min s':>7} {'x FCL':>6}")
     for name, med, low in rows:
