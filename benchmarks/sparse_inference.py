@@ -105,7 +105,7 @@ def main() -> None:
                     path = Path(tmp) / f"{arch}-{name}-{sparsity}.safetensors"
                     size = export_model(model, config, path).bytes
                     loaded = load_model(path, sparse_kernels=False)
-                    use_sparse_kernels(loaded)
+                    use_sparse_kernels(loaded, inputs=x)
                     b1 = latency_ms(loaded, x[:1], repeats=args.repeats)
                     b256 = latency_ms(loaded, x, repeats=max(10, args.repeats // 4))
                     rows.append((name, sparsity, size, load_cv2(model, x), b1, b256, summary(loaded)))

@@ -152,6 +152,54 @@ def test_exported_csr_expert_layers_keep_every_path_exact(full, few, one):
     assert model._fusable(29) is not full and model._fusable(1) is not few
 
 
+def test_whole_model_check_keeps_csr_only_for_the_uses_where_the_model_is_faster(monkeypatch):
+    """refine_in_context times the whole model with and without each use's CSR choices: full passes
+    on the batch, few-row passes and single experts on its first row. Here the verdict (patched in)
+    says CSR wins at batch 1 only: full passes go dense, few and one stay CSR; outputs unchanged."""
+    import importlib
+
+    K = importlib.import_module("ssmoe_cli.export.kernels")  # the package's `kernels` is a function
+
+    model = mixture(8, 2, routes=True, masked=True).eval()
+    x = torch.randn(29, 12)
+    with torch.no_grad():
+        reference = model(x).logits
+        for i, layer in enumerate(model.layers):
+            model.layers[i] = K.CSRExpertLinear(layer)  # every use on CSR
+        model.route = K.CSRExpertLinear(model.route)
+    seen: list[tuple[int, bool, bool]] = []
+
+    def verdict(sparse, dense, batch, min_speedup):
+        with torch.no_grad():
+            torch.testing.assert_close(sparse(batch).logits, dense(batch).logits, atol=1e-5, rtol=1e-5)
+        seen.append((len(batch), model.layers[0].full, model.layers[0].few))
+        return len(batch) == 1
+
+    monkeypatch.setattr(K, "_sparse_faster", verdict)
+    K.refine_in_context(model, x)
+    assert [b for b, _, _ in seen] == [29, 1]
+    assert seen[0][1] is False  # the last call of the pair ran with the choices off
+    assert all(not m.full and m.few and m.one for m in (*model.layers, model.route))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_use_sparse_kernels_with_inputs_runs_the_whole_model_check():
+    """Unpatched, on a real (tiny) model: whatever the timings decide, the decisions agree with the
+    layers' kernels and the outputs with the dense model's."""
+    from ssmoe_cli.export import kernels, use_sparse_kernels
+
+    model = mixture(8, 2, routes=True, masked=True).eval()
+    x = torch.randn(29, 12)
+    with torch.no_grad():
+        reference = model(x).logits
+        decisions = use_sparse_kernels(model, batch_size=29, min_sparsity=0.0, inputs=x)
+        torch.testing.assert_close(model(x).logits, reference, atol=1e-5, rtol=1e-5)
+    ran = kernels(model)
+    for name, csr in decisions.items():
+        assert csr == ("csr" in ran[name]), name
+
+
 @pytest.mark.parametrize("routes", [False, True])
 def test_evaluation_after_an_optimizer_step_sees_the_new_weights(routes):
     """Inference caches the masked weights (and layer 0 fused with the routes) by the weights' version

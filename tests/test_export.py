@@ -175,6 +175,23 @@ def test_sparse_kernels_are_used_only_where_measured_faster_and_keep_outputs():
     for name, used in decisions.items():
         assert isinstance(model.get_submodule(name), CSRLinear) == used
     assert torch.allclose(model(x).logits, before, atol=1e-5)
+    assert torch.allclose(model(x[:1]).logits, before[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize(("full", "few"), [(True, True), (True, False), (False, True)])
+def test_csr_linear_runs_each_use_on_its_chosen_kernel_with_the_same_outputs(full, few):
+    """CSRLinear chooses per use: more than FEW_ROWS rows (`full`) or at most (`few`, batch 1);
+    both kernels give the dense layer's outputs, and the record names what runs."""
+    model = fcl(0.9)
+    layer = model.net[0]
+    x = torch.randn(29, 784)
+    with torch.no_grad():
+        sparse = CSRLinear(layer, full=full, few=few)
+        for batch in (29, 4, 1):
+            torch.testing.assert_close(sparse(x[:batch]), layer(x[:batch]), atol=1e-5, rtol=1e-5)
+    assert sparse.kernel() == (
+        "csr" if full and few else f"full={'csr' if full else 'dense'} few={'csr' if few else 'dense'}"
+    )
 
 
 @pytest.mark.slow
@@ -224,7 +241,8 @@ def test_a_run_records_the_kernels_and_dispatch_it_timed(run_cli, tmp_path):
     # The file carries its preprocessing: the network is the `model` inside the loaded wrapper.
     assert record["dispatch"] == {"model": {"b1": "dense", "b256": "capacity"}}  # sgmoe: E = 8, k = 2
     assert set(record["layers"]) == {"model.gate.w_gate", "model.layers.0", "model.layers.1"}
-    expert_kernels = {f"full={a} one={b}" for a in ("csr", "dense") for b in ("csr", "dense")}
-    assert record["layers"]["model.gate.w_gate"] in {"dense", "csr"}
+    both = ("csr", "dense")
+    expert_kernels = {f"full={a} few={b} one={c}" for a in both for b in both for c in both}
+    assert record["layers"]["model.gate.w_gate"] in {"dense", "csr", "full=csr few=dense", "full=dense few=csr"}
     for name in ("model.layers.0", "model.layers.1"):
         assert record["layers"][name] in expert_kernels | {"dense"}

@@ -31,26 +31,42 @@ def to_csr(weight: torch.Tensor) -> torch.Tensor:
         return weight.to_sparse_csr()
 
 
-class CSRLinear(nn.Module):
-    """Inference-only MaskedLinear with its weight in CSR: y = (W_csr @ x^T)^T + b."""
+# A pass over at most this many rows (per expert, for an expert layer) is "few rows" (batch 1; a dense
+# dispatch of a small batch), timed and chosen apart from larger ones: which kernel wins differs
+# (a CSR product reads only the nonzero weights; at many rows the dense product's arithmetic wins).
+FEW_ROWS = 4
 
-    def __init__(self, layer: MaskedLinear) -> None:
+
+def kernel_name(**uses: bool) -> str:
+    """e.g. "full=csr few=dense" (True: CSR)."""
+    return " ".join(f"{use}={'csr' if on else 'dense'}" for use, on in uses.items())
+
+
+class CSRLinear(nn.Module):
+    """Inference-only MaskedLinear with its weight in CSR, y = (W_csr @ x^T)^T + b, chosen per use by
+    measurement: `full` (more than FEW_ROWS rows) and `few` (at most FEW_ROWS: batch 1). A use whose
+    flag is off runs the dense masked weight, kept for it."""
+
+    def __init__(self, layer: MaskedLinear, full: bool = True, few: bool = True) -> None:
         super().__init__()
-        self.weight_csr = to_csr(layer.masked_weight().detach())
+        self.dense_weight = layer.masked_weight().detach()
+        self.weight_csr = to_csr(self.dense_weight)
         self.bias = layer.bias
         self.role = layer.role
+        self.full, self.few = full, few
+
+    def kernel(self) -> str:
+        """What runs, for the run's record: "csr" for both uses, else e.g. "full=csr few=dense"."""
+        return "csr" if self.full and self.few else kernel_name(full=self.full, few=self.few)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if not (self.few if len(rows) <= FEW_ROWS else self.full):
+            return F.linear(x, self.dense_weight, self.bias)
         # A contiguous x^T makes the CSR kernel 2x faster than a strided view (measured, torch 2.13 CPU).
-        out = torch.sparse.mm(self.weight_csr, x.reshape(-1, x.shape[-1]).T.contiguous()).T
+        out = torch.sparse.mm(self.weight_csr, rows.T.contiguous()).T
         out = out.reshape(*x.shape[:-1], -1)
         return out + self.bias if self.bias is not None else out
-
-
-# A full pass with at most this many rows per expert is "few rows" (dense dispatch of a small batch:
-# one row per expert at batch 1), timed and chosen apart from larger ones: a CSR product then reads
-# only the nonzero weights, where at many rows the dense product's arithmetic wins.
-FEW_ROWS = 4
 
 
 class CSRExpertLinear(nn.Module):
@@ -100,8 +116,7 @@ class CSRExpertLinear(nn.Module):
 
     def kernel(self) -> str:
         """What runs, for the run's record: e.g. "full=csr few=csr one=dense"."""
-        name = {True: "csr", False: "dense"}
-        return f"full={name[self.full]} few={name[self.few]} one={name[self.one]}"
+        return kernel_name(full=self.full, few=self.few, one=self.one)
 
     def gather_rows(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """As ExpertLinear.gather_rows (route units read single rows: the dense copy serves them),
@@ -167,16 +182,47 @@ def _expert_kernels(layer: ExpertLinear, rows: int, min_speedup: float) -> CSREx
     return sparse
 
 
+def refine_in_context(model: nn.Module, inputs: torch.Tensor, min_speedup: float = 1.1) -> None:
+    """Per-layer choices are timed on each layer alone; the whole model may still run faster dense
+    (layer 0 leaves its fused pass with the routes once it runs CSR; caches). For each use of the
+    expert layers, its CSR choices are kept only where the whole model runs faster with them than
+    with none, by `min_speedup`: full passes on `inputs`, few-row passes and single experts on its
+    first row. Plain layers keep their choice (each is its own pass)."""
+    layers = [m for m in model.modules() if isinstance(m, CSRExpertLinear)]
+    for uses, x in ((("full",), inputs), (("few", "one"), inputs[:1])):
+        chosen = [(layer, use) for layer in layers for use in uses if getattr(layer, use)]
+        if not chosen:
+            continue
+
+        def run(on: bool, chosen: list[tuple[CSRExpertLinear, str]] = chosen) -> Callable:
+            def forward(v: torch.Tensor) -> object:
+                for layer, use in chosen:
+                    setattr(layer, use, on)
+                return model(v)
+
+            return forward
+
+        keep = _sparse_faster(run(True), run(False), x, min_speedup)
+        for layer, use in chosen:
+            setattr(layer, use, keep)
+
+
 def use_sparse_kernels(
-    model: nn.Module, batch_size: int = 256, min_sparsity: float = 0.5, min_speedup: float = 1.1
+    model: nn.Module,
+    batch_size: int = 256,
+    min_sparsity: float = 0.5,
+    min_speedup: float = 1.1,
+    inputs: torch.Tensor | None = None,
 ) -> dict[str, bool]:
     """Replace each masked layer by its CSR version where a quick measurement shows it faster (by
     `min_speedup`); layers below `min_sparsity` are not tried, nor layers only training uses
     (`train_only`: inference never runs them, so they are neither timed nor counted). A plain layer
-    is timed at `batch_size` rows; an expert layer for each of its uses (CSRExpertLinear): a full
+    is timed at `batch_size` rows and at one row; an expert layer for each of its uses (CSRExpertLinear): a full
     pass at batch_size * k / E rows per expert, one at one row per expert (dense dispatch of a small
-    batch), and one expert on one row (grouped dispatch at small batches). Returns whether each
-    layer runs CSR anywhere; `kernels(model)` says where."""
+    batch), and one expert on one row (grouped dispatch at small batches). With `inputs` (samples
+    the model takes, e.g. a test batch), the expert layers' choices are then checked on the whole
+    model (refine_in_context). Returns whether each layer runs CSR anywhere; `kernels(model)` says
+    where."""
     decisions: dict[str, bool] = {}
     for name, layer in list(model.named_modules()):
         if not isinstance(layer, MaskedLinear | ExpertLinear) or layer.train_only:
@@ -186,8 +232,10 @@ def use_sparse_kernels(
             continue
         device = layer.weight.device
         if isinstance(layer, MaskedLinear):
-            sparse, x = CSRLinear(layer), torch.randn(batch_size, layer.in_features, device=device)
-            faster = _sparse_faster(sparse, layer, x, min_speedup)
+            sparse, x = CSRLinear(layer), torch.randn(max(batch_size, FEW_ROWS + 1), layer.in_features, device=device)
+            sparse.full = _sparse_faster(sparse, layer, x, min_speedup)
+            sparse.few = _sparse_faster(sparse, layer, x[:1], min_speedup)
+            faster = sparse.full or sparse.few
         else:
             sparse = _expert_kernels(layer, _expert_rows(model, name, layer, batch_size), min_speedup)
             faster = sparse.full or sparse.few or sparse.one
@@ -199,18 +247,22 @@ def use_sparse_kernels(
                 parent[int(child)] = sparse
             else:
                 setattr(parent, child, sparse)
+    if inputs is not None:
+        refine_in_context(model, inputs, min_speedup)
+        for name, layer in model.named_modules():
+            if isinstance(layer, CSRExpertLinear):
+                decisions[name] = layer.full or layer.few or layer.one
     return decisions
 
 
 def kernels(model: nn.Module) -> dict[str, str]:
     """The kernel each masked layer of an inference model runs, by qualified name: "dense", "csr",
-    or, for an expert layer, "full=<kernel> few=<kernel> one=<kernel>" (see CSRExpertLinear)."""
+    "full=<kernel> few=<kernel>" for a plain layer that runs CSR for one use only, and for an expert
+    layer "full=<kernel> few=<kernel> one=<kernel>" (see CSRLinear, CSRExpertLinear)."""
     found: dict[str, str] = {}
     for name, layer in model.named_modules():
-        if isinstance(layer, CSRExpertLinear):
+        if isinstance(layer, CSRExpertLinear | CSRLinear):
             found[name] = layer.kernel()
-        elif isinstance(layer, CSRLinear):
-            found[name] = "csr"
         elif isinstance(layer, MaskedLinear | ExpertLinear) and not layer.train_only:
             found[name] = "dense"
     return found

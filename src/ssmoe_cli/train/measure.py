@@ -72,7 +72,7 @@ def measure(
     # class objects this job built, never as names read back from the file (docs/security.md).
     exported = load_model(export.path, sparse_kernels=False, trusted=classes_of(model, model_config))
     exported = exported.to(device)
-    csr = use_sparse_kernels(exported)
+    csr = use_sparse_kernels(exported, inputs=x_test[:256])  # layer choices, then checked on the model
     # What the timed model runs: each layer's kernel and each mixture's dispatch at the timed batches.
     record = {"layers": kernels(exported), "dispatch": dispatch_choices(exported, (1, 256))}
     tracker.log_text(json.dumps(record, indent=2), "kernels.json")
