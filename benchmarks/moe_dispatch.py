@@ -51,7 +51,7 @@ class UniformGate(Gate):
         return 0
 
 
-PATHS = ("dense", "capacity", "pairs", "grouped")
+PATHS = ("dense", "capacity", "pairs", "grouped", "sorted")
 
 
 def timed(fn, repeats: int) -> float:

@@ -12,7 +12,7 @@ from ssmoe_cli.models.gating.base import Gate, GateOutput
 from ssmoe_cli.models.moe import MixtureOfExperts
 from ssmoe_cli.models.topology.small_world import SmallWorld
 
-PATHS = ("capacity", "pairs", "grouped")
+PATHS = ("capacity", "pairs", "grouped", "sorted")
 
 
 class DrawnGate(Gate):
@@ -67,6 +67,7 @@ def test_every_path_computes_the_reference_dispatch(num_experts, k, batch, allow
         "capacity": model.combine_capacity(x, g.indices, g.values),
         "pairs": model.combine_pairs(x, g.indices, g.values),
         "grouped": model.combine_grouped(x, g.indices, g.values),
+        "sorted": model.combine_sorted(x, g.indices, g.values),
     }
     for path, out in outputs.items():
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5, msg=f"{path} differs")
@@ -142,7 +143,7 @@ def test_exported_csr_expert_layers_keep_every_path_exact(full, few, one):
         for i, layer in enumerate(model.layers):
             model.layers[i] = CSRExpertLinear(layer, full=full, one=one, few=few)
         model.route = CSRExpertLinear(model.route, full=full, one=one, few=few)
-        for path in ("dense", "capacity", "pairs", "grouped"):
+        for path in ("dense", "capacity", "pairs", "grouped", "sorted"):
             model.dispatch = path
             for b, reference in references.items():
                 torch.testing.assert_close(model(x[:b]).logits, reference, atol=1e-5, rtol=1e-5, msg=f"{path} b{b}")

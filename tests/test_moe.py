@@ -45,9 +45,22 @@ def test_auto_dispatch_rule():
     model = make(num_experts=8, k=2)
     assert model.resolved_dispatch(2, batch=1) == "dense"  # 2 pairs < 8 experts <= 4k: one batched pass
     assert make(num_experts=16, k=2).resolved_dispatch(2, batch=1) == "grouped"  # E > 4k: active experts only
-    assert model.resolved_dispatch(2, batch=64) == "capacity"
+    assert model.resolved_dispatch(2, batch=64) == "sorted"  # 16 rows per expert on average
+    assert model.resolved_dispatch(2, batch=63) == "capacity"  # 15.75: grouped matmuls too small
     assert make(num_experts=4, k=4).resolved_dispatch(4, batch=64) == "dense"  # every expert active: E <= k
-    assert make(num_experts=4, k=2).resolved_dispatch(2, batch=64) == "capacity"
+    assert make(num_experts=4, k=2).resolved_dispatch(2, batch=64) == "sorted"
+    # capacity where its buffers matter: drops, a hook that must see an expert layer's call, a CSR pass
+    assert make(num_experts=8, k=2, capacity_factor=1.25).resolved_dispatch(2, batch=64) == "capacity"
+    handle = model.layers[1].register_forward_hook(lambda *args: None)
+    assert model.resolved_dispatch(2, batch=64) == "capacity"
+    handle.remove()
+    from ssmoe_cli.export import CSRExpertLinear
+
+    model.layers[0] = CSRExpertLinear(model.layers[0], full=True, few=False, one=False)
+    assert model.resolved_dispatch(2, batch=64) == "capacity"
+    model.layers[0].full = False
+    assert model.resolved_dispatch(2, batch=64) == "sorted"
+    assert make(num_experts=8, k=2).to("meta").resolved_dispatch(2, batch=64) == "capacity"  # measured on CPU only
 
 
 def test_fixed_capacity_drops_overflow_pairs_and_rescues_samples_left_without_any():

@@ -174,8 +174,15 @@ class MixtureOfExperts(Dispatch, Model):
         inputs, and a separate pass for the few route units (R columns) costs a skinny matmul of
         its own (measured: half the time of layer 0's). Returns layer 0's pre-activation (E, N, H)
         and the route activations (E, N, R)."""
+        w, b = self.fused_first_weights()
+        out = batched_linear(xe, w, b)
+        hidden = self.layers[0].out_features
+        return out[..., :hidden], self._dropout(F.relu(out[..., hidden:]))
+
+    def fused_first_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer 0's masked weight and bias with each expert's route rows appended: (E, H + R, in),
+        (E, H + R); built once per weight version in inference."""
         first = self.layers[0]
-        hidden = first.out_features
         # Cached only for inference (eval, no autograd): training draws DropConnect afresh per pass.
         layer_key = None if self.training or torch.is_grad_enabled() else first.inference_cache_key()
         cacheable = layer_key is not None
@@ -191,8 +198,7 @@ class MixtureOfExperts(Dispatch, Model):
             cached = (key, w, b)
             if cacheable:
                 self.__dict__["_fused_cache"] = cached  # built once per weight version
-        out = batched_linear(xe, cached[1], cached[2])
-        return out[..., :hidden], self._dropout(F.relu(out[..., hidden:]))
+        return cached[1], cached[2]
 
     # -- dispatch (ssmoe_cli.models.dispatch) ------------------------------------------------------
     def forward(self, x: torch.Tensor) -> ModelOutput:
@@ -204,6 +210,8 @@ class MixtureOfExperts(Dispatch, Model):
             y = self.combine_pairs(x, g.indices, g.values)
         elif mode == "grouped":
             y = self.combine_grouped(x, g.indices, g.values)
+        elif mode == "sorted":
+            y = self.combine_sorted(x, g.indices, g.values)
         else:
             y = self.combine_capacity(x, g.indices, g.values)
         return ModelOutput(y, dict(g.aux))
