@@ -221,3 +221,18 @@ def test_evaluation_after_an_optimizer_step_sees_the_new_weights(routes):
     fresh = model(x).logits.detach()  # with autograd on, nothing cached is used: computed from the weights
     assert not torch.allclose(before, fresh)  # the step changed the function
     torch.testing.assert_close(cached, fresh)
+
+
+def test_sorted_dispatch_leaves_a_hooked_expert_layer_its_call():
+    """prune=obs collects layer inputs through forward hooks; the sorted path runs the layers' weights
+    itself, so with a hooked expert layer it hands the batch to capacity (the hook sees its call)."""
+    model = mixture(8, 2, routes=True, masked=True).eval()
+    model.dispatch = "sorted"
+    x = torch.randn(40, 12)
+    with torch.no_grad():
+        reference = model(x).logits
+        seen = []
+        handle = model.layers[1].register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+        torch.testing.assert_close(model(x).logits, reference, atol=1e-5, rtol=1e-5)
+        handle.remove()
+    assert len(seen) == 1 and seen[0][0] == 8  # one call, on the (E, capacity, hidden) buffers

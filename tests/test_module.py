@@ -202,3 +202,19 @@ def test_manual_step_takes_the_automatic_paths_updates_and_resumes_alike(tmp_pat
     for other in (auto, resumed):
         for a, b in zip(manual.model.parameters(), other.model.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_an_optimizer_that_steps_with_a_closure_trains_on_the_automatic_path():
+    """LBFGS re-evaluates the loss through a closure; only Lightning's automatic path re-runs the
+    training step for it, so ClassifierModule takes that path for it and still learns."""
+    from functools import partial
+
+    pl.seed_everything(0, verbose=False)
+    dm = Synthetic(in_features=8, num_classes=3, n_train=300, n_test=100, val_size=0.1, batch_size=64)
+    module = ClassifierModule(FCL(8, 3, hidden=[16]), num_classes=3, optimizer=partial(torch.optim.LBFGS, lr=0.5))
+    trainer = pl.Trainer(
+        max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False
+    )
+    trainer.fit(module, datamodule=dm)
+    assert module.automatic_optimization
+    assert trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"] > 0.9

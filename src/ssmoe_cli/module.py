@@ -55,9 +55,13 @@ class ClassifierModule(pl.LightningModule):
     @property
     def automatic_optimization(self) -> bool:
         """Lightning's automatic optimization only for a trainer that clips or accumulates gradients
-        (Lightning refuses both in manual optimization) or with no trainer attached."""
+        (Lightning refuses both in manual optimization), an optimizer whose step re-evaluates the
+        loss through a closure (LBFGS: only the automatic path re-runs the training step), or with
+        no trainer attached."""
         trainer = self._trainer
-        return trainer is None or bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches != 1
+        if trainer is None or getattr(self.optimizer_factory, "func", self.optimizer_factory) is torch.optim.LBFGS:
+            return True
+        return bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches != 1
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

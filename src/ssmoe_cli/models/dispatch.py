@@ -93,11 +93,16 @@ class Dispatch:
         rows = batch * k / self.num_experts
         return "sorted" if rows >= SORTED_MIN_ROWS and self._sortable(math.ceil(rows)) else "capacity"
 
+    def _expert_layers(self) -> list[torch.nn.Module]:
+        return [*self.layers, *([self.route] if self.route is not None else [])]
+
+    def _hooked(self) -> bool:
+        return any(layer._forward_hooks or layer._forward_pre_hooks for layer in self._expert_layers())
+
     def _sortable(self, rows: int) -> bool:
-        layers = [*self.layers, *([self.route] if self.route is not None else [])]
-        hooked = any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers)
         cpu = self.route_units.device.type == "cpu"
-        return cpu and self.capacity_factor is None and not hooked and all(layer.dense_pass(rows) for layer in layers)
+        dense = all(layer.dense_pass(rows) for layer in self._expert_layers())
+        return cpu and self.capacity_factor is None and not self._hooked() and dense
 
     def combine_pairs(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         batch, k = indices.shape
@@ -128,7 +133,10 @@ class Dispatch:
         return out.new_zeros(batch, out.shape[1]).index_add(0, token, out)
 
     def combine_sorted(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Pairs sorted by expert, each layer one grouped matmul over the sorted rows (no padding)."""
+        """Pairs sorted by expert, each layer one grouped matmul over the sorted rows (no padding). An
+        expert layer with a hook (prune=obs collects its inputs) must see its call: capacity then."""
+        if self._hooked():
+            return self.combine_capacity(x, indices, values)
         batch, k = indices.shape
         expert = indices.reshape(-1)
         order = torch.argsort(expert, stable=True)
