@@ -72,8 +72,8 @@ class EpochBatchSampler(BatchSampler):
     def __iter__(self) -> Iterator[list[int] | torch.Tensor]:
         """Batches as index tensors where the order is a plain permutation (or the identity): the
         same batches as BatchSampler's lists (RandomSampler draws this very randperm from its
-        generator), 0.07 ms a batch cheaper to build and to index with (a quarter of the
-        loader's cost, benchmarks/lightning_overhead.py). Other samplers go through BatchSampler."""
+        generator), cheaper to build and to index with (the training loader: 0.145 instead of 0.20
+        ms a batch, Fashion-MNIST, batch 128). Other samplers go through BatchSampler."""
         sampler = self.sampler
         n = len(sampler) if isinstance(sampler, SequentialSampler) else 0
         if isinstance(sampler, RandomSampler) and sampler.generator is not None and not sampler.replacement:

@@ -79,8 +79,8 @@ class Dispatch:
         * k, else `sorted` where it averages SORTED_MIN_ROWS rows per expert or more, else `capacity`.
         `sorted` does not pad to the busiest expert, which trained gates make busy (exported sgmoe at
         90%, batch 256: 0.79 vs 1.22 ms; ptsne_moe's training step 2.92 vs 3.30 ms, inference equal);
-        under uniform routing capacity is 5-18% faster (E = 8-16) and at 8 rows per expert (E = 64)
-        grouped matmuls lose. `capacity` also where its buffers matter: a fixed capacity_factor
+        under uniform routing capacity is 2-18% faster (E = 8-16, k = 1-2) and at 8 rows per expert
+        (E = 64) grouped matmuls lose. `capacity` also where its buffers matter: a fixed capacity_factor
         (drops), a hook on an expert layer (it must see its call), an expert layer running a sparse
         kernel for its full pass (export); and off the CPU (measured here only; CUDA's grouped
         matmul is written for bfloat16)."""
@@ -161,8 +161,7 @@ class Dispatch:
 
     def _stacked_weights(self) -> list[torch.Tensor]:
         """Every expert layer's masked weight (then the route layer's), computed once per pass."""
-        layers = [*self.layers, *([self.route] if self.route is not None else [])]
-        return [layer.masked_weight() for layer in layers]
+        return [layer.masked_weight() for layer in self._expert_layers()]
 
     def expert_rows(self, x: torch.Tensor, e: int, weights: list[torch.Tensor]) -> torch.Tensor:
         """(N, in) -> (N, classes) through expert e alone (its route units included); `weights` from
