@@ -13,7 +13,7 @@ overrides) and runs, per epoch, one shuffled pass of optimizer steps and one val
 accuracy), as `fit` does; it writes no checkpoint and logs nothing. Both run back to back in one
 invocation, with the same thread count; the ratio is the number to read on a shared machine. On a
 noisy one, --rounds N alternates the two N times and reports the median of the N ratios (single
-rounds of 5 epochs ranged 1.19x-1.42x on the same code, 2-core VM).
+rounds of 5 epochs ranged 1.07x-1.43x on the same code, 2-core VM).
 """
 
 from __future__ import annotations
