@@ -37,6 +37,11 @@ def to_csr(weight: torch.Tensor) -> torch.Tensor:
 FEW_ROWS = 4
 
 
+def csr_for(rows: int, full: bool, few: bool) -> bool:
+    """Whether a pass over `rows` rows (per expert) runs CSR, given the choices for each regime."""
+    return few if rows <= FEW_ROWS else full
+
+
 def kernel_name(**uses: bool) -> str:
     """e.g. "full=csr few=dense" (True: CSR)."""
     return " ".join(f"{use}={'csr' if on else 'dense'}" for use, on in uses.items())
@@ -55,13 +60,17 @@ class CSRLinear(nn.Module):
         self.role = layer.role
         self.full, self.few = full, few
 
+    def runs_csr(self) -> bool:
+        """Whether any use runs CSR."""
+        return self.full or self.few
+
     def kernel(self) -> str:
         """What runs, for the run's record: "csr" for both uses, else e.g. "full=csr few=dense"."""
         return "csr" if self.full and self.few else kernel_name(full=self.full, few=self.few)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if not (self.few if len(rows) <= FEW_ROWS else self.full):
+        if not csr_for(len(rows), self.full, self.few):
             return F.linear(x, self.dense_weight, self.bias)
         # A contiguous x^T makes the CSR kernel 2x faster than a strided view (measured, torch 2.13 CPU).
         out = torch.sparse.mm(self.weight_csr, rows.T.contiguous()).T
@@ -112,7 +121,11 @@ class CSRExpertLinear(nn.Module):
 
     def dense_pass(self, rows: int) -> bool:
         """Whether a full pass over `rows` rows per expert runs the dense weight (not CSR)."""
-        return not (self.few if rows <= FEW_ROWS else self.full)
+        return not csr_for(rows, self.full, self.few)
+
+    def runs_csr(self) -> bool:
+        """Whether any use runs CSR."""
+        return self.full or self.few or self.one
 
     def kernel(self) -> str:
         """What runs, for the run's record: e.g. "full=csr few=csr one=dense"."""
@@ -235,12 +248,10 @@ def use_sparse_kernels(
             sparse, x = CSRLinear(layer), torch.randn(max(batch_size, FEW_ROWS + 1), layer.in_features, device=device)
             sparse.full = _sparse_faster(sparse, layer, x, min_speedup)
             sparse.few = _sparse_faster(sparse, layer, x[:1], min_speedup)
-            faster = sparse.full or sparse.few
         else:
             sparse = _expert_kernels(layer, _expert_rows(model, name, layer, batch_size), min_speedup)
-            faster = sparse.full or sparse.few or sparse.one
-        decisions[name] = faster
-        if faster:
+        decisions[name] = sparse.runs_csr()
+        if decisions[name]:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             if isinstance(parent, nn.ModuleList | nn.Sequential):
@@ -251,7 +262,7 @@ def use_sparse_kernels(
         refine_in_context(model, inputs, min_speedup)
         for name, layer in model.named_modules():
             if isinstance(layer, CSRExpertLinear):
-                decisions[name] = layer.full or layer.few or layer.one
+                decisions[name] = layer.runs_csr()
     return decisions
 
 

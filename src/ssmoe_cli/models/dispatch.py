@@ -114,37 +114,44 @@ class Dispatch:
         out = self.experts(x.unsqueeze(0).expand(self.num_experts, -1, -1))  # (E, B, C)
         return torch.einsum("be,ebc->bc", weights, out)
 
+    def _sorted_pairs(self, x: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Pairs sorted by expert (stable): their order, the sample of each sorted pair, its expert,
+        each expert's pair count, and the sorted pairs' inputs."""
+        k = indices.shape[1]
+        expert = indices.reshape(-1)
+        order = torch.argsort(expert, stable=True)
+        token = order // k  # pairs are sample-major: pair p belongs to sample p // k
+        counts = torch.bincount(expert, minlength=self.num_experts)
+        return order, token, expert[order], counts, x.index_select(0, token)
+
+    @staticmethod
+    def _combine_sorted_rows(
+        out: torch.Tensor, values: torch.Tensor, order: torch.Tensor, token: torch.Tensor
+    ) -> torch.Tensor:
+        """The sorted pairs' outputs weighted by their gate values and summed back per sample."""
+        out = out * values.reshape(-1)[order].unsqueeze(1)
+        return out.new_zeros(values.shape[0], out.shape[1]).index_add(0, token, out)
+
     def combine_grouped(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Pairs sorted by expert; each expert that has pairs runs once on its contiguous rows with a
         view of its own weights: no padding, no copied weights, a Python step per active expert."""
-        batch, k = indices.shape
-        expert = indices.reshape(-1)
-        order = torch.argsort(expert, stable=True)
-        counts = torch.bincount(expert, minlength=self.num_experts).tolist()  # one host read: free on CPU
-        token = order // k  # pairs are sample-major: pair p belongs to sample p // k
-        xs = x.index_select(0, token)
+        order, token, _, counts, xs = self._sorted_pairs(x, indices)
         weights = self._stacked_weights()
         outs, start = [], 0
-        for e, n in enumerate(counts):
+        for e, n in enumerate(counts.tolist()):  # one host read: free on CPU
             if n:
                 outs.append(self.expert_rows(xs[start : start + n], e, weights))
                 start += n
-        out = torch.cat(outs) * values.reshape(-1)[order].unsqueeze(1)
-        return out.new_zeros(batch, out.shape[1]).index_add(0, token, out)
+        return self._combine_sorted_rows(torch.cat(outs), values, order, token)
 
     def combine_sorted(self, x: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Pairs sorted by expert, each layer one grouped matmul over the sorted rows (no padding). An
         expert layer with a hook (prune=obs collects its inputs) must see its call: capacity then."""
         if self._hooked():
             return self.combine_capacity(x, indices, values)
-        batch, k = indices.shape
-        expert = indices.reshape(-1)
-        order = torch.argsort(expert, stable=True)
-        offs = torch.bincount(expert, minlength=self.num_experts).cumsum(0).to(torch.int32)
-        token = order // k  # pairs are sample-major: pair p belongs to sample p // k
-        rows = expert[order]  # the expert of each sorted row (for its bias)
-        h, last = x.index_select(0, token), len(self.layers) - 1
-        routed = None
+        order, token, rows, counts, h = self._sorted_pairs(x, indices)
+        offs = counts.cumsum(0).to(torch.int32)
+        last, routed = len(self.layers) - 1, None
         for i, layer in enumerate(self.layers):
             if i == 0 and self.route is not None:
                 w, b = self.fused_first_weights()
@@ -156,8 +163,7 @@ class Dispatch:
             if i == 1 and routed is not None:
                 z = z + grouped_linear(routed, self.route._drop(self.route.masked_weight()), None, offs, rows)
             h = self._dropout(F.relu(z)) if i < last else z
-        out = h * values.reshape(-1)[order].unsqueeze(1)
-        return out.new_zeros(batch, out.shape[1]).index_add(0, token, out)
+        return self._combine_sorted_rows(h, values, order, token)
 
     def _stacked_weights(self) -> list[torch.Tensor]:
         """Every expert layer's masked weight (then the route layer's), computed once per pass."""
