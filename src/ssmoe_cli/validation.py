@@ -72,6 +72,11 @@ def validate(cfg: Mapping[str, Any], gpu_available: Callable[[], bool] | None = 
     check("seed", lambda v: is_integer(v) and 0 <= v < 2**32, f"must be an integer in [0, {2**32 - 1}] (seed=1)")
     check("optim.weight_decay", lambda v: is_number(v) and v >= 0, "must be a finite number >= 0")
     check(
+        "model.capacity_factor",
+        lambda v: is_number(v) and v > 0,
+        "must be a finite number > 0, or null for buffers sized to the busiest expert (no drops)",
+    )
+    check(
         "optim.fused",
         lambda v: not v,
         "fused optimizer kernels update the weights without bumping their version counters, which the "
