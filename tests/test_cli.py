@@ -58,3 +58,20 @@ def test_scheduler_group_defaults_to_constant_and_cosine_follows_max_epochs(run_
     assert "scheduler: {}" in out
     out = run_cli("train", "--cfg", "job", "--resolve", "model=fcl", "scheduler=cosine", "trainer.max_epochs=7").stdout
     assert "CosineAnnealingLR" in out and "T_max: 7" in out
+
+
+def test_only_the_program_itself_freezes_the_heap_before_exit(monkeypatch, capsys):
+    # main() as the process's entry point freezes the GC's objects (its exit then skips full collections
+    # over torch's and Lightning's ~500k objects); a caller passing argv keeps its process as it was.
+    import gc
+
+    from ssmoe_cli import cli
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    assert cli.main(["--version"]) == 0 and frozen == []
+    monkeypatch.setattr(sys, "argv", ["ssmoe", "--version"])
+    assert cli.main() == 0 and frozen == [True]
+    monkeypatch.setattr(sys, "argv", ["ssmoe", "nope"])
+    assert cli.main() == 2 and frozen == [True, True]
+    assert f"ssmoe {ssmoe_cli.__version__}" in capsys.readouterr().out

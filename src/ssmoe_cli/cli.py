@@ -6,6 +6,7 @@ Keep this module free of heavy imports: `ssmoe --help` must start in well under 
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -52,8 +53,22 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ssmoe` console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the `ssmoe` console script (argv None: the process's own arguments)."""
+    if argv is not None:
+        return run(argv)
+    try:
+        return run(sys.argv[1:])
+    finally:
+        # The process ends next. Its interpreter then runs full garbage collections over the ~500,000
+        # objects torch, Lightning and MLflow allocate at import, which took 1.2-1.9 s of every command's
+        # wall time (measured: 5.55 -> 4.4 s for a process that only imports them). Frozen objects are
+        # skipped by those collections; they are still freed, and atexit handlers (log files, MLflow) run.
+        gc.freeze()
+
+
+def run(args: list[str]) -> int:
+    """Run one `ssmoe` command line (without the program name); returns the exit status."""
+    args = list(args)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
