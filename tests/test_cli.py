@@ -60,18 +60,19 @@ def test_scheduler_group_defaults_to_constant_and_cosine_follows_max_epochs(run_
     assert "CosineAnnealingLR" in out and "T_max: 7" in out
 
 
-def test_only_the_program_itself_freezes_the_heap_before_exit(monkeypatch, capsys):
-    # main() as the process's entry point freezes the GC's objects (its exit then skips full collections
-    # over torch's and Lightning's ~500k objects); a caller passing argv keeps its process as it was.
+def test_only_the_program_itself_tunes_and_freezes_the_collector(monkeypatch, capsys):
+    # main() as the process's entry point raises the GC thresholds (imports ahead) and freezes its objects
+    # before exit (which then skips full collections over them); a caller passing argv keeps its own GC.
     import gc
 
     from ssmoe_cli import cli
 
-    frozen = []
-    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
-    assert cli.main(["--version"]) == 0 and frozen == []
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "set_threshold", lambda *t: calls.append(t))
+    assert cli.main(["--version"]) == 0 and calls == []
     monkeypatch.setattr(sys, "argv", ["ssmoe", "--version"])
-    assert cli.main() == 0 and frozen == [True]
+    assert cli.main() == 0 and calls == [(10_000, 50, 50), "freeze"]
     monkeypatch.setattr(sys, "argv", ["ssmoe", "nope"])
-    assert cli.main() == 2 and frozen == [True, True]
+    assert cli.main() == 2 and calls[2:] == [(10_000, 50, 50), "freeze"]
     assert f"ssmoe {ssmoe_cli.__version__}" in capsys.readouterr().out
