@@ -6,7 +6,7 @@
 One epoch = the training step loop of `ssmoe train` without its trainer: Fashion-MNIST's 55,000
 training images (as the data module standardises them) in shuffled batches of 128 indexed out of one
 tensor, forward, cross-entropy plus the model's auxiliary losses, backward, the step of the
-optimizer `ssmoe train` builds (optim.*: Adam). The models are built from their configs (model=fcl /
+optimizer `ssmoe train` builds (optim.*: Adam, fused). The models are built from their configs (model=fcl /
 sgmoe / ptsne_moe / moe) and prepared as a run prepares them (the t-SNE gate pretrains its map,
 untimed), so routing has the statistics of a real run's first epoch. Lightning's own per-step
 overhead is measured by benchmarks/lightning_overhead.py. Prints the median epoch time over --epochs

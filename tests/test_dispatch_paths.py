@@ -204,8 +204,8 @@ def test_use_sparse_kernels_with_inputs_runs_the_whole_model_check():
 @pytest.mark.parametrize("routes", [False, True])
 def test_evaluation_after_an_optimizer_step_sees_the_new_weights(routes):
     """Inference caches the masked weights (and layer 0 fused with the routes) by the weights' version
-    counters: a step of the optimizer ssmoe builds must invalidate them. (Fused optimizer kernels
-    update in place without bumping the counters, which is why validation refuses optim.fused.)"""
+    counters: a step of the optimizer must invalidate them. (Fused optimizer kernels update in place
+    without bumping the counters; ClassifierModule bumps them: tests/test_module.py.)"""
     model = mixture(8, 2, routes, masked=True)
     x, y = torch.randn(40, 12), torch.randint(0, 5, (40,))
     model.eval()

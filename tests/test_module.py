@@ -15,6 +15,8 @@ from ssmoe_cli.models.base import ModelOutput
 from ssmoe_cli.models.fcl import FCL
 from ssmoe_cli.module import ClassifierModule
 
+QUIET = {"logger": False, "enable_progress_bar": False, "enable_checkpointing": False, "enable_model_summary": False}
+
 
 class WithAux(nn.Module):
     def __init__(self) -> None:
@@ -40,9 +42,7 @@ def test_training_learns_separable_clusters():
     module = ClassifierModule(
         FCL(8, 3, hidden=[16]), num_classes=3, optimizer=lambda params: torch.optim.Adam(params, lr=1e-2)
     )
-    trainer = pl.Trainer(
-        max_epochs=5, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False
-    )
+    trainer = pl.Trainer(max_epochs=5, **QUIET)
     trainer.fit(module, datamodule=dm)
     result = trainer.test(module, datamodule=dm, verbose=False)[0]
     assert result["test/acc"] > 0.95
@@ -60,9 +60,7 @@ def test_scheduler_is_stepped_once_per_epoch():
         optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
         scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4),
     )
-    trainer = pl.Trainer(
-        max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False
-    )
+    trainer = pl.Trainer(max_epochs=2, **QUIET)
     trainer.fit(module, datamodule=dm)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)
     assert trainer.lr_scheduler_configs[0].interval == "epoch"
@@ -212,9 +210,36 @@ def test_an_optimizer_that_steps_with_a_closure_trains_on_the_automatic_path():
     pl.seed_everything(0, verbose=False)
     dm = Synthetic(in_features=8, num_classes=3, n_train=300, n_test=100, val_size=0.1, batch_size=64)
     module = ClassifierModule(FCL(8, 3, hidden=[16]), num_classes=3, optimizer=partial(torch.optim.LBFGS, lr=0.5))
-    trainer = pl.Trainer(
-        max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False
-    )
+    trainer = pl.Trainer(max_epochs=2, **QUIET)
     trainer.fit(module, datamodule=dm)
     assert module.automatic_optimization
     assert trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"] > 0.9
+
+
+@pytest.mark.parametrize("clip", [None, 1e9])  # manual optimization; Lightning's automatic path (clipping)
+def test_evaluation_after_fused_steps_runs_on_the_updated_weights(clip):
+    """A fused kernel (optim.fused, the default) writes the weights without bumping their version
+    counters, on which evaluation's cached masked weights key. Each epoch's validation fills the caches;
+    the module must mark the next epoch's steps, or the last evaluation reuses the previous weights."""
+    from functools import partial
+
+    from ssmoe_cli.models.gating.noisy_topk import NoisyTopKGate
+    from ssmoe_cli.models.moe import MixtureOfExperts
+    from ssmoe_cli.models.topology.small_world import SmallWorld
+
+    pl.seed_everything(0, verbose=False)
+    dm = Synthetic(in_features=8, num_classes=3, n_train=200, n_test=50, val_size=0.2, batch_size=32)
+    topology = SmallWorld(degree=2, rewire_p=0.0, fan_out=2)
+    model = MixtureOfExperts(8, 3, NoisyTopKGate(8, 4, 2), topology, num_experts=4, k=2, expert_hidden=[8])
+    for layer in (model.layers[0], model.layers[1]):  # masked: the forward pass uses cached products
+        layer.set_mask(torch.rand(layer.mask.shape) > 0.3)
+    module = ClassifierModule(model, num_classes=3, optimizer=partial(torch.optim.Adam, lr=0.05, fused=True))
+    trainer = pl.Trainer(max_epochs=2, gradient_clip_val=clip, **QUIET)
+    trainer.fit(module, datamodule=dm)
+    assert module.automatic_optimization == (clip is not None)
+    x = dm.val_set.tensors[0]
+    model.eval()
+    with torch.no_grad():
+        cached = model(x).logits  # the caches' values, if their keys still match
+    fresh = model(x).logits.detach()  # with autograd on nothing cached is used: from the weights
+    torch.testing.assert_close(cached, fresh)

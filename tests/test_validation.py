@@ -56,7 +56,6 @@ def test_the_default_config_is_valid():
         ("topology.fan_out", 65, "topology.fan_out=65: must be in [0, 64]"),
         ("prune.initial_sparsity", 0.95, "prune.target_sparsity=0.9: below prune.initial_sparsity=0.95"),
         ("baseline.in_features", 64, "baseline.in_features=64: does not match data.in_features=784"),
-        ("optim.fused", True, "optim.fused=True: fused optimizer kernels update the weights without bumping"),
         ("model.capacity_factor", -1, "model.capacity_factor=-1: must be a finite number > 0, or null"),
     ],
 )

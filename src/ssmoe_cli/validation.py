@@ -76,13 +76,6 @@ def validate(cfg: Mapping[str, Any], gpu_available: Callable[[], bool] | None = 
         lambda v: is_number(v) and v > 0,
         "must be a finite number > 0, or null for buffers sized to the busiest expert (no drops)",
     )
-    check(
-        "optim.fused",
-        lambda v: not v,
-        "fused optimizer kernels update the weights without bumping their version counters, which the "
-        "cached masked weights of evaluation rely on (it would run on stale weights: measured, Fashion-MNIST "
-        "ptsne_moe 39.6% instead of 85.9% after 2 epochs); leave optim.fused unset",
-    )
     check("gating.pretrain_epochs", lambda v: is_integer(v) and v >= 0, "must be an integer >= 0")
     for key in ("model.hidden", "model.expert_hidden", "gating.hidden", "baseline.hidden"):
         sizes(key)

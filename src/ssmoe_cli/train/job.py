@@ -185,7 +185,7 @@ def warn_offline(tracker: Tracker) -> None:
 
 def check_optimizer(cfg: DictConfig) -> None:
     """Build the configured optimizer once on a stand-in parameter: a key its class does not take
-    (`nesterov` for RMSprop, a misspelt one) or a value it refuses is one line before the MLflow run
+    (`fused` for RMSprop, a misspelt one) or a value it refuses is one line before the MLflow run
     starts, not a traceback from inside Lightning's configure_optimizers."""
     import torch
     from hydra.utils import instantiate
@@ -195,7 +195,7 @@ def check_optimizer(cfg: DictConfig) -> None:
     except Exception as exc:  # TypeError (a key it does not take), ValueError (a value it refuses)
         raise SsmoeError(
             f"optim._target_={cfg.optim.get('_target_')} cannot be built from the optim keys: {exc} "
-            "(remove a key it does not take with ~optim.<key>)"
+            "(remove a key it does not take with ~optim.<key>, e.g. ~optim.fused)"
         ) from None
 
 
