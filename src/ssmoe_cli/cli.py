@@ -58,10 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(argv)
     # The process is ssmoe's own: its collector is tuned for a command that imports torch, Lightning
     # and MLflow (~850,000 tracked objects, of which a collection afterwards finds 12,000 unreachable:
-    # measured). At the default thresholds (700, 10, 10) it
-    # ran ~1,200 collections during those imports, 7 of them full: 4.1-4.4 s to import the three,
-    # 3.5 s at (10,000, 50, 50) (measured, 2-core VM). Young cycles are still collected every 10,000
-    # allocations.
+    # measured). At the default thresholds (700, 10, 10) it ran ~1,200 collections during those
+    # imports, 7 of them full: 4.1-4.4 s to import the three, 3.5 s at (10,000, 50, 50) (measured,
+    # 2-core VM). Young cycles are still collected every 10,000 allocations.
     gc.set_threshold(10_000, 50, 50)
     try:
         return run(sys.argv[1:])

@@ -28,13 +28,14 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
-def mark_updated(optimizer: Any) -> None:
-    """Bump the version counters of the optimizer's parameters after its step. Fused kernels (Adam's
-    `fused=True`, the default optim.fused) write the weights in place without bumping them, and the
-    inference caches of masked weights key on them (ssmoe_cli.models.layers): without this, evaluation
-    after a step ran on the weights of the previous evaluation (ptsne_moe 39.6% instead of 85.9% test
-    accuracy after 2 epochs). One call for all parameters; a second bump after a kernel that did its own
-    is harmless."""
+def mark_updated(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+    """Bump the version counters of the optimizer's parameters after its step (an optimizer step
+    post-hook: ClassifierModule registers it, so every step is covered, on Lightning's manual and
+    automatic paths alike). Fused kernels (Adam's `fused=True`, the default optim.fused) write the
+    weights in place without bumping them, and the inference caches of masked weights key on them
+    (ssmoe_cli.models.layers): without this, evaluation after a step ran on the weights of the previous
+    evaluation (ptsne_moe 39.6% instead of 85.9% test accuracy after 2 epochs). One call for all
+    parameters; a second bump after a kernel that did its own is harmless."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if params:
         increment_version(params)
@@ -99,18 +100,9 @@ class ClassifierModule(pl.LightningModule):
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
-        mark_updated(optimizer)
         if batch_idx + 1 == self.trainer.num_training_batches:
             for config in self.trainer.lr_scheduler_configs:
                 self.lr_scheduler_step(config.scheduler, None)
-
-    def optimizer_step(
-        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable[[], Any] | None = None
-    ) -> None:
-        """Lightning's automatic path (gradient clipping or accumulation, LBFGS): its step, then the
-        weights marked as updated (`mark_updated`)."""
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        mark_updated(optimizer)
 
     def _add(self, name: str, value: torch.Tensor, n: int) -> None:
         weighted = value.detach() * n
@@ -147,6 +139,7 @@ class ClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.model.parameters())
+        optimizer.register_step_post_hook(mark_updated)
         if self.scheduler_factory is None:
             return optimizer
         # Lightning steps it after every epoch and keeps its state in checkpoints (ckpt_path=last).
